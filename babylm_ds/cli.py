@@ -1,0 +1,24 @@
+"""`babylm-ds` command line: each subcommand lives with the package it drives."""
+import importlib
+import sys
+
+COMMANDS = {
+    "prepare": ("babylm_ds.data.cli", "prepare a corpus: clean, tokenizer, pack"),
+    "cache": ("babylm_ds.cache.cli", "teacher-logit cache tools (verify, info)"),
+    "eval": ("babylm_ds.evaluation.cli", "zero-shot BLiMP / supplement / EWoK, perplexity"),
+    "generate": ("babylm_ds.evaluation.generate", "sample text from a trained model"),
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        lines = [f"  {name:10s} {help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: babylm-ds COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines), file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

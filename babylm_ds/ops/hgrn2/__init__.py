@@ -1,0 +1,4 @@
+from babylm_ds.ops.hgrn2.api import hgrn2, hgrn2_step
+from babylm_ds.ops.hgrn2.naive import naive_hgrn2
+
+__all__ = ["hgrn2", "hgrn2_step", "naive_hgrn2"]
