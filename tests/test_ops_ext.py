@@ -1,0 +1,143 @@
+"""The compiled HGRN2 kernels (babylm_ds._C) against the float64 per-step oracle."""
+import pytest
+import torch
+
+from babylm_ds.ops import hgrn2, naive_hgrn2
+from babylm_ds.ops.hgrn2.ext import ext_status, hgrn2_ext
+
+ok, reason = ext_status()
+pytestmark = pytest.mark.skipif(not ok, reason=reason)
+
+
+def make(B, T, H, K, V, gmin, dtype=torch.float64, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
+    v, do = (torch.randn(B, T, H, V, generator=gen, dtype=torch.float64) for _ in range(2))
+    g = gmin * torch.rand(B, T, H, K, generator=gen, dtype=torch.float64)
+    h0, dht = (torch.randn(B, H, K, V, generator=gen, dtype=torch.float64) for _ in range(2))
+    return [x.to(device, dtype) for x in (q, k, v, g)] + [x.to(device) for x in (h0, do, dht)]
+
+
+def grads(fn, q, k, v, g, h0, do, dht, scale):
+    """(o, ht, dq, dk, dv, dg, dh0) of sum(o*do) + sum(ht*dht)."""
+    ins = [x.detach().clone().requires_grad_() for x in (q, k, v, g, h0)]
+    o, ht = fn(*ins[:4], scale, ins[4], True)
+    loss = (o.double() * do.double()).sum() + (ht.double() * dht.double()).sum()
+    return [o, ht, *torch.autograd.grad(loss, ins)]
+
+
+def reference(*args):
+    args = [x.detach().cpu().double() for x in args[:7]] + [args[7]]
+    return grads(naive_hgrn2, *args)
+
+
+def recurrence_reference(q, k, v, g, h0, do, dht, scale):
+    """Same as reference() by explicit forward and reverse state recurrences (float64, no autograd
+    graph, so T = 16384 stays cheap): dS_t = scale q_t^T do_t + e^{g_{t+1}} dS_{t+1}."""
+    q, k, v, g, h0, do, dht = (x.detach().cpu().double()[0] for x in (q, k, v, g, h0, do, dht))
+    T = q.shape[0]
+    S = torch.empty(T + 1, *h0.shape, dtype=torch.float64)
+    S[0] = h0
+    eg = g.exp()
+    for t in range(T):
+        S[t + 1] = S[t] * eg[t, ..., None] + k[t, ..., None] * v[t, :, None, :]
+    dS = torch.empty(T, *h0.shape, dtype=torch.float64)
+    carry = dht
+    for t in range(T - 1, -1, -1):
+        carry = dS[t] = carry + scale * q[t, ..., None] * do[t, :, None, :]
+        carry = carry * eg[t, ..., None]
+    o = scale * torch.einsum("thk,thkv->thv", q, S[1:])
+    dq = scale * torch.einsum("thv,thkv->thk", do, S[1:])
+    dk = torch.einsum("thkv,thv->thk", dS, v)
+    dv = torch.einsum("thk,thkv->thv", k, dS)
+    dg = torch.einsum("thkv,thkv->thk", S[:-1], dS) * eg
+    return [x[None] for x in (o, S[T], dq, dk, dv, dg, carry)]
+
+
+def assert_close(got, ref, tol):
+    for name, a, b in zip(("o", "ht", "dq", "dk", "dv", "dg", "dh0"), got, ref):
+        assert torch.isfinite(a).all(), name
+        err = (a.double().cpu() - b).abs().max().item() / max(b.abs().max().item(), 1e-6)
+        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
+
+
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 200])
+@pytest.mark.parametrize("gmin", [-1.0, -20.0])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+def test_cpu_matches_oracle(T, gmin, dtype, tol):
+    args = make(1, T, 1, 12, 20, gmin, dtype)
+    assert_close(grads(hgrn2_ext, *args, 0.3), reference(*args, 0.3), tol)
+
+
+def test_cpu_heads_and_value_tiles():
+    """Several (batch, head) pairs, and a single one with more threads than heads (value tiling)."""
+    n = torch.get_num_threads()
+    try:
+        for B, H, nt in [(2, 3, n), (1, 1, 4)]:
+            torch.set_num_threads(nt)
+            args = make(B, 130, H, 8, 40, -3.0)
+            assert_close(grads(hgrn2_ext, *args, 0.2), reference(*args, 0.2), 1e-12)
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_cpu_through_api_and_optional_states():
+    q, k, v, g, h0, do, dht = make(2, 100, 2, 16, 8, -2.0, torch.float32)
+    o, ht = hgrn2(q, k, v, g, backend="cpu")
+    o_ref, _ = naive_hgrn2(q, k, v, g)
+    assert ht is None and o.dtype == torch.float32
+    torch.testing.assert_close(o.double(), o_ref, rtol=1e-4, atol=1e-4)
+    ins = [x.clone().requires_grad_() for x in (q, k, v, g)]
+    hgrn2(*ins, backend="cpu")[0].backward(do.float())
+    ref = [x.double().clone().requires_grad_() for x in (q, k, v, g)]
+    naive_hgrn2(*ref)[0].backward(do)
+    for a, b in zip(ins, ref):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_long_sequence_strong_decay():
+    """T = 16384 with decays down to exp(-20) per step: finite and exact (a naive exp(-b) would overflow)."""
+    args = make(1, 16384, 1, 8, 8, -20.0, torch.float32)
+    args[3][:, 5000:5100] = 0.0  # a stretch without decay: long-range terms that must survive
+    assert_close(grads(hgrn2_ext, *args, 0.5), recurrence_reference(*args, 0.5), 1e-4)
+
+
+def test_recurrence_reference_matches_oracle():
+    args = make(1, 70, 1, 3, 4, -2.0)
+    assert_close(recurrence_reference(*args, 0.5), reference(*args, 0.5), 1e-12)
+
+
+def test_cpu_gradcheck():
+    q, k, v, g, h0, _, _ = make(1, 70, 2, 3, 2, -3.0)
+    ins = [x.requires_grad_() for x in (q, k, v, g, h0)]
+    assert torch.autograd.gradcheck(lambda q, k, v, g, h0: hgrn2_ext(q, k, v, g, 0.7, h0, True), ins)
+    q, k, v, g, h0, _, _ = make(1, 20, 1, 2, 3, -20.0)
+    ins = [x.requires_grad_() for x in (q, k, v, g, h0)]
+    assert torch.autograd.gradcheck(lambda q, k, v, g, h0: hgrn2_ext(q, k, v, g, 0.7, h0, True), ins)
+
+
+def test_bad_shapes_raise():
+    from babylm_ds import _C
+
+    q, k, v, g, h0, _, _ = make(1, 10, 1, 4, 4, -1.0)
+    with pytest.raises(ValueError, match="q, k, g shapes differ"):
+        _C.hgrn2_fwd(q, k[:, :5], v, g, 1.0, None, False)
+    with pytest.raises(ValueError, match="initial_state"):
+        _C.hgrn2_fwd(q, k, v, g, 1.0, h0[..., :2], False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 200])
+@pytest.mark.parametrize("gmin", [-1.0, -20.0])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+def test_cuda_matches_oracle(T, gmin, dtype, tol):
+    ok, why = ext_status("cuda")
+    assert ok, why
+    args = make(2, T, 3, 16, 24, gmin, dtype, "cuda")
+    assert_close(grads(hgrn2_ext, *args, 0.25), reference(*args, 0.25), tol)
+
+
+@pytest.mark.gpu
+def test_cuda_long_sequence_strong_decay():
+    args = make(1, 16384, 1, 64, 32, -20.0, torch.float32, "cuda")
+    assert_close(grads(hgrn2_ext, *args, 0.125), recurrence_reference(*args, 0.125), 1e-4)
