@@ -1,0 +1,84 @@
+"""Teacher/student model zoo: named presets -> HF causal LMs (Llama, GPT-2, BabyHGRN).
+
+`python -m babylm_ds.models.zoo` prints every preset with its parameter count (built on the meta device).
+"""
+import argparse
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from babylm_ds.models.babyhgrn import BabyHGRNConfig, BabyHGRNForCausalLM
+
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "gpt2": (GPT2Config, GPT2LMHeadModel),
+    "babyhgrn": (BabyHGRNConfig, BabyHGRNForCausalLM),
+}
+SPECIAL_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def _llama(d, layers, heads, ffn, tie=False):
+    return dict(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
+                max_position_embeddings=2048, tie_word_embeddings=tie)
+
+
+def _gpt2(d, layers, heads):
+    return dict(n_embd=d, n_layer=layers, n_head=heads, n_positions=2048)
+
+
+def _hgrn(d, layers, expand_ratio=128, tie=False):
+    return dict(hidden_size=d, num_hidden_layers=layers, expand_ratio=expand_ratio, tie_word_embeddings=tie)
+
+
+# name -> family, role hint, config kwargs (vocab 16000 and pad/bos/eos = 0/1/2 are added by build_model).
+PRESETS = {
+    "babyllama-58m": dict(family="llama", role="student", config=_llama(512, 16, 8, 1024)),
+    "llama-360m": dict(family="llama", role="teacher", config=_llama(1024, 24, 8, 3072)),
+    "gpt2-705m": dict(family="gpt2", role="teacher", config=_gpt2(1536, 24, 16)),
+    "llama-16m": dict(family="llama", role="student", config=_llama(256, 8, 8, 1024)),
+    "gpt2-97m": dict(family="gpt2", role="student", config=_gpt2(768, 12, 12)),
+    "babyhgrn-360m": dict(family="babyhgrn", role="student", config=_hgrn(1024, 26)),
+    "babyhgrn-1b": dict(family="babyhgrn", role="teacher", config=_hgrn(2048, 18)),
+    "llama-tiny": dict(family="llama", role="test", config=_llama(128, 4, 4, 512, tie=True)),
+    "gpt2-tiny": dict(family="gpt2", role="test", config=_gpt2(128, 4, 4)),
+    "babyhgrn-tiny": dict(family="babyhgrn", role="test", config=_hgrn(128, 4, expand_ratio=32, tie=True)),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def build_config(name: str, vocab_size: int = 16000, **overrides):
+    """The transformers config of preset `name`; `overrides` replace/add config fields."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    config_cls = FAMILIES[preset["family"]][0]
+    return config_cls(**{**preset["config"], "vocab_size": vocab_size, **SPECIAL_IDS, **overrides})
+
+
+def build_model(name: str, vocab_size: int = 16000, **overrides):
+    """A freshly initialised causal LM for preset `name` (same builder for teacher and student roles)."""
+    config = build_config(name, vocab_size, **overrides)
+    return FAMILIES[PRESETS[name]["family"]][1](config)
+
+
+def count_parameters(model) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="List the model presets with their parameter counts.")
+    parser.add_argument("--vocab-size", type=int, default=16000)
+    args = parser.parse_args(argv)
+    print(f"{'preset':<15} {'family':<9} {'role':<8} {'params':>14} {'M':>8}")
+    for name, preset in PRESETS.items():
+        with torch.device("meta"):
+            n = count_parameters(build_model(name, args.vocab_size))
+        print(f"{name:<15} {preset['family']:<9} {preset['role']:<8} {n:>14,} {n / 1e6:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
