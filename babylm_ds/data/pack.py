@@ -1,0 +1,143 @@
+"""Tokenize documents (datasets.map, cached), pack them into fixed-length windows stored as
+uint16 shards, and read them back (`PackedDataset`, `load_meta`, `verify_data`).
+
+Shard format: `SPLIT/shard_NNNNN.bin`, raw little-endian uint16, shape [num_sequences, seq_len].
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, Features, Sequence, Value
+
+from ..utils.io import atomic_write_bytes, sha256_file
+from .tokenizer import BOS_ID, EOS_ID, load_tokenizer, tokenizer_hash
+
+FORMAT_VERSION = 1
+SHARD_SEQUENCES = 65536  # 16 MiB per shard at seq_len 128
+
+
+def _encode(batch, tokenizer):
+    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    return {"ids": [[BOS_ID, *x, EOS_ID] for x in ids]}
+
+
+def tokenize_documents(docs, tokenizer, cache_dir, num_proc=1):
+    """Token ids of every document as `<s> ... </s>`: (flat uint16 array, per-document offsets).
+
+    Runs `datasets.map`; the result is cached in `cache_dir` under a name keyed by the tokenizer
+    and the documents, so re-preparing the same text with the same tokenizer skips tokenizing."""
+    key = hashlib.sha256(tokenizer_hash(tokenizer).encode())
+    for d in docs:
+        key.update(d.encode() + b"\x00")
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    ds = Dataset.from_dict({"text": docs})
+    ds = ds.map(
+        _encode, batched=True, batch_size=64, fn_kwargs={"tokenizer": tokenizer}, remove_columns=["text"],
+        num_proc=num_proc if num_proc > 1 and len(docs) >= 2 * num_proc else None,
+        features=Features({"ids": Sequence(Value("uint16"))}),
+        cache_file_name=str(Path(cache_dir) / f"tokens-{key.hexdigest()[:20]}.arrow"), desc="tokenize",
+    )
+    col = ds.data.column("ids")
+    flat = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in col.chunks]).astype(np.uint16)
+    lengths = np.concatenate([c.value_lengths().to_numpy(zero_copy_only=False) for c in col.chunks])
+    return flat, np.concatenate([[0], np.cumsum(lengths)])
+
+
+def pack(flat, offsets, doc_ids, seq_len):
+    """Concatenate documents `doc_ids` (in order) and cut into [n, seq_len] windows; the final
+    partial window is dropped. Returns (windows, number of dropped tokens)."""
+    tokens = np.concatenate([flat[offsets[i]:offsets[i + 1]] for i in doc_ids]) if len(doc_ids) else flat[:0]
+    n = len(tokens) // seq_len
+    return tokens[: n * seq_len].reshape(n, seq_len), len(tokens) - n * seq_len
+
+
+def write_shards(windows, split_dir, shard_sequences=SHARD_SEQUENCES):
+    """Write windows as uint16 shards (atomic); returns [{path, sha256, num_sequences}] (paths
+    relative to the data dir)."""
+    split_dir = Path(split_dir)
+    shards = []
+    for k, start in enumerate(range(0, len(windows), shard_sequences)):
+        part = windows[start:start + shard_sequences]
+        path = split_dir / f"shard_{k:05d}.bin"
+        atomic_write_bytes(path, part.astype("<u2").tobytes())
+        shards.append({"path": f"{split_dir.name}/{path.name}", "sha256": sha256_file(path),
+                       "num_sequences": len(part)})
+    return shards
+
+
+def fingerprint(meta):
+    """sha256 over the seq_len, the tokenizer hash and every shard checksum (split order)."""
+    items = [meta["seq_len"], meta["tokenizer_hash"]]
+    items += [[name, [s["sha256"] for s in split["shards"]]] for name, split in sorted(meta["splits"].items())]
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+def load_meta(data_dir):
+    """`data_dir/meta.json` as a dict (ValueError if missing or of another format version)."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: prepare it with `babylm-ds prepare --out {data_dir}`")
+    meta = json.loads(path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}; re-run prepare")
+    return meta
+
+
+def verify_data(data_dir):
+    """Check every shard's size and sha256, the tokenizer hash and the fingerprint against
+    meta.json; returns the meta, or raises ValueError naming the first bad file."""
+    data_dir = Path(data_dir)
+    meta = load_meta(data_dir)
+    for split in meta["splits"].values():
+        for shard in split["shards"]:
+            path = data_dir / shard["path"]
+            if not path.is_file():
+                raise ValueError(f"missing shard {path}")
+            if path.stat().st_size != shard["num_sequences"] * meta["seq_len"] * 2:
+                raise ValueError(f"shard {path} has the wrong size for {shard['num_sequences']} sequences")
+            if sha256_file(path) != shard["sha256"]:
+                raise ValueError(f"shard {path} checksum mismatch (corrupted or modified)")
+    if tokenizer_hash(load_tokenizer(data_dir)) != meta["tokenizer_hash"]:
+        raise ValueError(f"tokenizer in {data_dir / 'tokenizer'} does not match meta.json tokenizer_hash")
+    if fingerprint(meta) != meta["fingerprint"]:
+        raise ValueError(f"{data_dir / 'meta.json'}: fingerprint does not match its shards")
+    return meta
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """Fixed-length token windows of one split, memory-mapped from the uint16 shards.
+
+    `ds[i] -> {"input_ids": LongTensor[seq_len], "idx": i}`; idx is the global window id
+    (stable for a given fingerprint; the teacher-logit cache is keyed by it)."""
+
+    def __init__(self, data_dir, split="train"):
+        self.data_dir = Path(data_dir)
+        self.meta = load_meta(data_dir)
+        if split not in self.meta["splits"]:
+            raise ValueError(f"split {split!r} not in {self.data_dir} (have {sorted(self.meta['splits'])})")
+        self.split, self.seq_len, self.fingerprint = split, self.meta["seq_len"], self.meta["fingerprint"]
+        self.shards = self.meta["splits"][split]["shards"]
+        self.starts = np.cumsum([0] + [s["num_sequences"] for s in self.shards])
+        for s in self.shards:
+            path = self.data_dir / s["path"]
+            if not path.is_file() or path.stat().st_size != s["num_sequences"] * self.seq_len * 2:
+                raise ValueError(f"shard {path} is missing or has the wrong size; run verify_data({str(data_dir)!r})")
+        self._maps = None
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def __getstate__(self):  # DataLoader workers re-open the memory maps
+        return {**self.__dict__, "_maps": None}
+
+    def __getitem__(self, i):
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} sequences")
+        i = int(i) % len(self)
+        if self._maps is None:
+            self._maps = [np.memmap(self.data_dir / s["path"], dtype="<u2", mode="r").reshape(-1, self.seq_len)
+                          for s in self.shards]
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return {"input_ids": torch.from_numpy(self._maps[k][i - self.starts[k]].astype(np.int64)), "idx": i}
