@@ -1,0 +1,82 @@
+"""Process-group setup and ZeRO-aware gathering of full parameters."""
+import os
+import socket
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+from deepspeed.utils import safe_get_full_fp32_param
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(timeout_s=1800.0):
+    """Join (or, for a plain `python` run, create) the process group; returns (rank, world_size).
+
+    A collective that waits on a dead rank fails after `timeout_s` seconds instead of hanging."""
+    if not dist.is_initialized():
+        if not any(k in os.environ for k in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")):
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+        deepspeed.init_distributed(timeout=timedelta(seconds=timeout_s), verbose=False)
+        if get_accelerator().device_name() != "cpu":
+            get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist.get_rank(), dist.get_world_size()
+
+
+class Watchdog:
+    """Ends the process (exit code 1) when `beat()` has not been called for `timeout_s` seconds, so a rank
+    stuck in a collective with a dead or stalled peer fails instead of hanging. Needed beside the
+    process-group timeout because DeepSpeed's own groups (ZeRO data-parallel) use torch's default one."""
+
+    def __init__(self, timeout_s):
+        self.timeout_s, self.last, self.done = timeout_s, time.monotonic(), threading.Event()
+
+    def start(self):
+        self.beat()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def beat(self):
+        self.last = time.monotonic()
+
+    def stop(self):
+        self.done.set()
+
+    def _watch(self):
+        while not self.done.wait(min(5.0, self.timeout_s / 4)):
+            if time.monotonic() - self.last > self.timeout_s:
+                print(f"error: rank {dist.get_rank()} made no progress for {self.timeout_s:.0f}s (--dist-timeout); "
+                      "a rank died or stalled, exiting", file=sys.stderr, flush=True)
+                os._exit(1)
+
+
+def gather_state_dict(module):
+    """Full fp32 state dict of a DeepSpeed engine's module (any ZeRO stage; the optimizer's fp32
+    master weights where they exist). Collective: every rank must call it; rank 0 gets the dict on
+    CPU, the others None. Tied parameters appear under each of their names; names starting with a
+    prefix in `module.export_exclude` (training-only submodules) are left out."""
+    rank, full, state = dist.get_rank(), {}, {}
+    exclude = tuple(getattr(module, "export_exclude", ()))
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if exclude and name.startswith(exclude):
+            continue
+        if id(tensor) not in full:
+            if isinstance(tensor, torch.nn.Parameter):
+                value = safe_get_full_fp32_param(tensor) if tensor.requires_grad else None
+                if value is None:
+                    with deepspeed.zero.GatheredParameters([tensor]):
+                        value = tensor.data.float().clone()
+            else:
+                value = tensor.data.clone()
+            full[id(tensor)] = value.cpu() if rank == 0 else None
+        state[name] = full[id(tensor)]
+    return state if rank == 0 else None

@@ -1,0 +1,273 @@
+"""DeepSpeed ZeRO training loop shared by the pretrain and distill launchers."""
+import json
+import math
+import os
+import shutil
+import time
+
+import deepspeed
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from babylm_ds.training.config import build_ds_config
+from babylm_ds.training.dist import Watchdog, gather_state_dict, init_distributed
+from babylm_ds.training.sampler import ResumableSampler
+from babylm_ds.training.schedule import build_scheduler
+from babylm_ds.utils.io import atomic_path, atomic_write_json, sha256_file
+
+# Fault injection for tests: "rank:step" makes that rank die (os._exit(1)) once `step` optimizer steps are
+# done; "rank:step:hang" makes it stall instead (the others then fail after --dist-timeout).
+FAULT_ENV = "BABYLM_DS_FAULT_AT_STEP"
+
+
+def collate(items):
+    return {"input_ids": torch.stack([it["input_ids"] for it in items]),
+            "idx": torch.tensor([int(it["idx"]) for it in items], dtype=torch.long)}
+
+
+def causal_lm_loss(engine, batch):
+    """Default loss: the model's own shifted next-token cross-entropy."""
+    return engine(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss, {}
+
+
+def fresh_copy(module, state_dict):
+    """A plain fp32 CPU model of `module`'s class and config holding `state_dict`; entries under the
+    prefixes in `module.export_exclude` (e.g. distillation projections) are left out."""
+    model = type(module)(module.config).float()
+    skip = tuple(getattr(module, "export_exclude", ()))
+    model.load_state_dict({k: v for k, v in state_dict.items() if not (skip and k.startswith(skip))})
+    return model.eval()
+
+
+def export_hf(module, state_dict, tokenizer, out_dir):
+    """Write `out_dir` atomically as an HF model dir (safetensors + config + tokenizer + manifest.json
+    with sha256 of every file)."""
+    tmp = f"{out_dir}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    fresh_copy(module, state_dict).save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    files = sorted(f for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f)))
+    atomic_write_json(os.path.join(tmp, "manifest.json"), {f: sha256_file(os.path.join(tmp, f)) for f in files})
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+class Trainer:
+    """Data-parallel ZeRO training of `model` on `train_ds` (items `{"input_ids", "idx"}`).
+
+    loss_fn(engine, batch) -> (loss, {name: float}) defaults to causal-LM CE; its extra metrics are
+    averaged over micro-steps and ranks and logged. `frozen_modules` (e.g. an online teacher) are put
+    on the device in eval mode without gradients (bf16 under --bf16), outside the engine: they are
+    neither optimized, checkpointed nor exported. Submodules of `model` that are trained but not part
+    of the exported model are named by prefixes in `model.export_exclude` (e.g. ("kd_proj.",)).
+    Dev loss is always the model's own CE."""
+
+    def __init__(self, args, model, train_ds, dev_ds, tokenizer, loss_fn=None, frozen_modules=()):
+        self.args, self.model, self.train_ds, self.dev_ds, self.tokenizer = args, model, train_ds, dev_ds, tokenizer
+        self.loss_fn = loss_fn or causal_lm_loss
+        self.frozen_modules = list(frozen_modules)
+        self.rank, self.world = init_distributed(args.dist_timeout)
+        self.cfg = build_ds_config(args, self.world)
+        self.micro, self.accum = self.cfg["train_micro_batch_size_per_gpu"], self.cfg["gradient_accumulation_steps"]
+        self.steps_per_epoch = len(train_ds) // (self.micro * self.world) // self.accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{len(train_ds)} training sequences are fewer than one global batch "
+                             f"({self.micro} x {self.accum} x {self.world}); lower --micro-batch/--grad-accum")
+        self.total_steps = args.max_steps or math.ceil(args.epochs * self.steps_per_epoch)
+        self.ckpt_dir = os.path.join(args.out, "checkpoints")
+        self.metrics_path = os.path.join(args.out, "metrics.jsonl")
+        self.tb = None
+        self.watchdog = Watchdog(args.dist_timeout)  # started by train(); every unit of progress beats it
+
+    # --- setup --------------------------------------------------------------------------------
+    def _initialize(self):
+        args, cfg = self.args, self.cfg
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [g for g in ({"params": [p for p in trainable if p.ndim >= 2], "weight_decay": args.weight_decay},
+                              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}) if g["params"]]
+        optimizer = None if "optimizer" in cfg else torch.optim.AdamW(groups, lr=args.lr, betas=tuple(args.betas))
+        self.engine, *_ = deepspeed.initialize(
+            model=self.model, model_parameters=groups, optimizer=optimizer, config=cfg,
+            lr_scheduler=lambda opt: build_scheduler(opt, self.total_steps, args.warmup_steps, args.schedule,
+                                                     args.min_lr_ratio))
+        dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
+        for m in self.frozen_modules:
+            m.to(device=self.engine.device, dtype=dtype).eval().requires_grad_(False)
+
+    def _resume(self):
+        """Load the checkpoint named by --resume; returns the optimizer step to continue from."""
+        load_dir = self.ckpt_dir if self.args.resume == "auto" else self.args.resume
+        if not os.path.isfile(os.path.join(load_dir, "latest")):
+            if self.args.resume == "auto":
+                return 0
+            raise SystemExit(f"--resume {load_dir}: no DeepSpeed checkpoint (no 'latest' file) there")
+        path, client = self.engine.load_checkpoint(load_dir)
+        if path is None:
+            raise SystemExit(f"--resume {load_dir}: loading the checkpoint failed")
+        want = {"world_size": self.world, "micro": self.micro, "accum": self.accum, "seed": self.args.seed}
+        got = {k: client.get(k) for k in want}
+        if got != want:
+            raise SystemExit(f"--resume {load_dir}: checkpoint was written with {got}, this run has {want}; "
+                             "exact resumption needs the same world size, batch sizes and seed")
+        return client["step"]
+
+    def _open_logs(self, start_step):
+        if self.rank != 0:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        os.makedirs(self.args.out, exist_ok=True)
+        atomic_write_json(os.path.join(self.args.out, "ds_config.json"), self.cfg)
+        atomic_write_json(os.path.join(self.args.out, "args.json"), vars(self.args))
+        kept = []
+        if start_step and os.path.exists(self.metrics_path):
+            with open(self.metrics_path) as f:
+                kept = [line for line in f if json.loads(line)["step"] <= start_step]
+        with atomic_path(self.metrics_path) as tmp, open(tmp, "w") as f:
+            f.writelines(kept)
+        self.tb = SummaryWriter(os.path.join(self.args.out, "tb"), purge_step=start_step + 1 if start_step else None)
+
+    def _log(self, step, record, prefix):
+        if self.rank != 0:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({"step": step, **{f"{prefix}{k}": v for k, v in record.items()}}) + "\n")
+        if prefix != "train/" or step % self.args.log_every == 0 or step == self.total_steps:
+            for k, v in record.items():
+                self.tb.add_scalar(f"{prefix}{k}", v, step)
+
+    # --- steps --------------------------------------------------------------------------------
+    def _train_step(self, batches):
+        """One optimizer step over `accum` micro-batches; returns rank-averaged loss and metrics."""
+        total, names, sums = 0.0, None, None
+        for batch in batches:
+            batch = {k: v.to(self.engine.device) for k, v in batch.items()}
+            loss, metrics = self.loss_fn(self.engine, batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            self.watchdog.beat()
+            names = names or sorted(metrics)
+            values = [float(metrics[k]) for k in names]
+            sums = values if sums is None else [a + b for a, b in zip(sums, values)]
+            total += loss.item()
+        stats = torch.tensor([total, *sums], dtype=torch.float64)
+        dist.all_reduce(stats)
+        stats = (stats / (self.world * self.accum)).tolist()
+        return stats[0], dict(zip(names, stats[1:]))
+
+    @torch.no_grad()
+    def evaluate_dev(self):
+        """Mean next-token CE over the dev set (every sequence once, split across ranks)."""
+        n = min(len(self.dev_ds), self.args.dev_max_seqs or len(self.dev_ds))
+        mine = list(range(self.rank, n, self.world))
+        per_rank = math.ceil(n / self.world)
+        weights = [1.0] * len(mine) + [0.0] * (per_rank - len(mine))  # equal batch counts for ZeRO-3
+        mine += [0] * (per_rank - len(mine))
+        stats = torch.zeros(2, dtype=torch.float64)
+        self.engine.eval()
+        for i in range(0, per_rank, self.micro):
+            ids = collate([self.dev_ds[j] for j in mine[i:i + self.micro]])["input_ids"].to(self.engine.device)
+            logits = self.engine(input_ids=ids).logits.float()
+            ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+            w = torch.tensor(weights[i:i + self.micro], dtype=torch.float64)
+            stats += torch.stack([(ce.view(len(w), -1).sum(1).double().cpu() * w).sum(), w.sum() * ce.numel() / len(w)])
+            self.watchdog.beat()
+        self.engine.train()
+        dist.all_reduce(stats)
+        return (stats[0] / stats[1]).item() if n else float("nan")
+
+    def _dev(self, step):
+        loss = self.evaluate_dev()
+        self._log(step, {"loss": loss}, "dev/")
+        return loss
+
+    def evaluate_zeroshot(self, step):
+        """Epoch-end zero-shot eval of a gathered fp32 copy on rank 0; the others wait at a barrier, so
+        --dist-timeout must exceed the evaluation's duration."""
+        state = gather_state_dict(self.engine.module)
+        if self.rank == 0:
+            from babylm_ds.evaluation import evaluate_model
+            tasks = [t.strip() for t in self.args.eval_zeroshot.split(",") if t.strip()]
+            model = fresh_copy(self.engine.module, state).to(self.engine.device)
+            result = evaluate_model(model, self.tokenizer, tasks, limit=self.args.eval_limit)
+            scores = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+            scores.update({k: v["mean"] for k, v in result.items() if isinstance(v, dict) and "mean" in v})
+            self._log(step, scores, "zeroshot/")
+            del model
+        dist.barrier()
+        self.watchdog.beat()
+
+    def save(self, step):
+        client = {"step": step, "world_size": self.world, "micro": self.micro, "accum": self.accum,
+                  "seed": self.args.seed}
+        self.engine.save_checkpoint(self.ckpt_dir, tag=f"step{step}", client_state=client)
+        self.watchdog.beat()
+
+    # --- loop ---------------------------------------------------------------------------------
+    def train(self):
+        """Run to --max-steps / --epochs, export OUT/final and end the process group; returns a summary
+        dict (also written to OUT/summary.json)."""
+        args = self.args
+        self._initialize()
+        step = self._resume() if args.resume else 0
+        self._open_logs(step)
+        self.watchdog.start()
+        sampler = ResumableSampler(self.train_ds, self.world, self.rank, seed=args.seed)
+        fault = os.environ.get(FAULT_ENV, "-1:-1").split(":")
+        fault_at = int(fault[0]), int(fault[1])
+        bar = tqdm(total=self.total_steps, initial=step, disable=self.rank != 0, dynamic_ncols=True)
+        dev_loss, last_dev, last_save, loss, tokens, seconds = None, -1, step, float("nan"), 0, 0.0
+        while step < self.total_steps:
+            epoch, offset = divmod(step, self.steps_per_epoch)
+            sampler.set_position(epoch, offset * self.accum * self.micro)
+            loader = iter(DataLoader(self.train_ds, batch_size=self.micro, sampler=sampler, collate_fn=collate,
+                                     drop_last=True, num_workers=args.num_workers))
+            for _ in range(offset, min(self.steps_per_epoch, offset + self.total_steps - step)):
+                if (self.rank, step) == fault_at:
+                    if fault[2:] == ["hang"]:
+                        time.sleep(1e9)
+                    os._exit(1)
+                torch.manual_seed(hash((args.seed, self.rank, step)) % 2**63)  # dropout RNG, resume-exact
+                lr, t0 = self.engine.get_lr()[0], time.perf_counter()
+                batches = [next(loader) for _ in range(self.accum)]
+                tokens_per_step = self.world * sum(b["input_ids"].numel() for b in batches)
+                loss, metrics = self._train_step(batches)
+                dt = time.perf_counter() - t0
+                step, tokens, seconds = step + 1, tokens + tokens_per_step, seconds + dt
+                grad_norm = self.engine.get_global_grad_norm()
+                record = {"loss": loss, "lr": lr, "tokens_per_s": tokens_per_step / dt,
+                          **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}), **metrics}
+                self._log(step, record, "train/")
+                bar.update(1)
+                if step % args.log_every == 0:
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                if args.eval_every and step % args.eval_every == 0:
+                    dev_loss, last_dev = self._dev(step), step
+                if args.save_every and step % args.save_every == 0:
+                    self.save(step)
+                    last_save = step
+            if step % self.steps_per_epoch == 0:  # epoch end
+                if last_dev != step:
+                    dev_loss, last_dev = self._dev(step), step
+                if args.eval_zeroshot:
+                    self.evaluate_zeroshot(step)
+        bar.close()
+        if last_dev != step:
+            dev_loss = self._dev(step)
+        if last_save != step:
+            self.save(step)
+        state = gather_state_dict(self.engine.module)
+        summary = {"steps": step, "train_loss": loss, "dev_loss": dev_loss, "world_size": self.world,
+                   "train_tokens": tokens, "tokens_per_s": tokens / seconds if seconds else None,
+                   "final_dir": os.path.join(args.out, "final")}
+        if self.rank == 0:
+            export_hf(self.engine.module, state, self.tokenizer, summary["final_dir"])
+            atomic_write_json(os.path.join(args.out, "summary.json"), summary)
+            self.tb.close()
+        dist.barrier()
+        self.watchdog.stop()
+        dist.destroy_process_group()  # a clean teardown: an implicit one at exit can abort (SIGABRT)
+        return summary
