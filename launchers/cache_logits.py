@@ -1,0 +1,87 @@
+"""Run trained teachers once over the packed training set and cache their top-k + tail per token.
+
+    deepspeed launchers/cache_logits.py --data DATA --teachers RUN1/final RUN2/final --out CACHE
+    python launchers/cache_logits.py ...          (one process)
+
+Re-running the same command resumes: verified shards are kept, anything else is redone.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+from babylm_ds.cache import combined_logits, load_teacher, normalise_weights, teacher_info, write_cache
+from babylm_ds.cache.format import id_dtype
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="prepared data dir (babylm-ds prepare)")
+    p.add_argument("--teachers", nargs="+", required=True, help="HF model dirs (e.g. a pretraining run's OUT/final)")
+    p.add_argument("--teacher-weights", type=float, nargs="+", default=None,
+                   help="weights of the teachers' raw logits in the combination (default: equal, as BabyLlama)")
+    p.add_argument("--out", required=True, help="cache dir")
+    p.add_argument("--k", type=int, default=64, help="top-k ids kept per token")
+    p.add_argument("--shard-size", type=int, default=256, help="sequences per shard file")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per teacher forward")
+    p.add_argument("--logprob-dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--tail-dtype", choices=("float16", "float32"), default="float32")
+    p.add_argument("--teacher-dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--kl-sample", type=int, default=16, help="sequences for the KL(full ‖ cached) report")
+    p.add_argument("--kl-temperature", type=float, default=2.0, help="also report the KL error at this temperature")
+    p.add_argument("--dist-timeout", type=float, default=1800.0)
+    p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from babylm_ds.data import PackedDataset, load_meta
+    from babylm_ds.training.dist import init_distributed
+
+    meta = load_meta(args.data)
+    vocab = meta["vocab_size"]
+    if not 1 <= args.k <= vocab:
+        raise SystemExit(f"--k must be in [1, vocab_size={vocab}], got {args.k}")
+    if args.shard_size < 1 or args.batch_size < 1:
+        raise SystemExit("--shard-size and --batch-size must be positive")
+    weights = normalise_weights(args.teacher_weights, len(args.teachers))
+    dataset = PackedDataset(args.data, "train")
+    config = {
+        "teachers": [teacher_info(path, w) for path, w in zip(args.teachers, weights)],
+        "combine": "weighted mean of raw logits",
+        "tokenizer_hash": meta["tokenizer_hash"], "fingerprint": meta["fingerprint"], "seq_len": meta["seq_len"],
+        "vocab_size": vocab, "split": "train", "num_sequences": len(dataset), "k": args.k,
+        "shard_size": args.shard_size, "batch_size": args.batch_size, "teacher_dtype": args.teacher_dtype,
+        "dtypes": {"ids": id_dtype(vocab), "logprobs": args.logprob_dtype, "tail": args.tail_dtype},
+    }
+    rank, world = init_distributed(args.dist_timeout)
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    teachers = [load_teacher(p, device, getattr(torch, args.teacher_dtype)) for p in args.teachers]
+    for path, t in zip(args.teachers, teachers):
+        if t.config.vocab_size != vocab:
+            raise SystemExit(f"teacher {path} has vocab_size {t.config.vocab_size}, data has {vocab}")
+
+    def teacher_fn(input_ids):
+        return combined_logits(teachers, weights, input_ids)
+
+    import torch.distributed as dist
+    manifest = write_cache(args.out, dataset, config, teacher_fn, args.batch_size, rank, world, dist.barrier,
+                           device, args.kl_sample, args.kl_temperature,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    if rank == 0:
+        s = manifest["stats"]
+        print(f"cache {args.out}: {config['num_sequences']} sequences x {config['seq_len']} tokens, k={args.k}, "
+              f"{len(manifest['shards'])} shards, {s['bytes_per_token']:.0f} bytes/token")
+        for key, v in s.get("kl", {}).items():
+            print(f"  mean KL(full teacher || cached top-k+tail) {key}: {v['full']:.5f} nats/token "
+                  f"(of which tail approximation {v['tail_approx']:.5f})")
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
