@@ -1,0 +1,79 @@
+"""`babylm-ds eval`: zero-shot BLiMP / supplement / EWoK (+ optional dev perplexity) of one model."""
+import argparse
+import contextlib
+import os
+import sys
+import time
+
+from babylm_ds.utils.io import sha256_file
+
+from . import report
+from .data import BENCHMARKS, resolve_dir
+from .load import load_model, resolve_device
+from .perplexity import perplexity
+from .zeroshot import evaluate_model
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="babylm-ds eval", description=__doc__)
+    p.add_argument("--model", required=True, help="HF model dir, training output dir, or DeepSpeed checkpoint dir")
+    p.add_argument("--tasks", default=",".join(BENCHMARKS),
+                   help="comma list of blimp, supplement, ewok or BENCH/PARADIGM (ewok adds ewok_swap)")
+    p.add_argument("--limit", type=int, default=None, help="first N items per paradigm (default: all)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--data-dir", default=None,
+                   help="eval data (default: the embedded data/eval; or BabyLM's evaluation_data/full_eval)")
+    p.add_argument("--ppl-data", default=None, help="prepared data dir: also report its --ppl-split perplexity")
+    p.add_argument("--ppl-split", default="dev")
+    p.add_argument("--ppl-max-seqs", type=int, default=None)
+    p.add_argument("--out", default=None, help="writes OUT.json and OUT.md (default: MODEL/eval/zeroshot)")
+    p.add_argument("--name", default=None, help="column name in the table (default: the model dir name)")
+    p.add_argument("--tb-dir", default=None, help="also log zeroshot/<bench> scalars to this TensorBoard dir")
+    p.add_argument("--step", type=int, default=0, help="TensorBoard step")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def run(args):
+    import torch
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    resolve_dir(args.data_dir)  # fail before loading the model
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    device = resolve_device(args.device)
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results (deepspeed logs there)
+        model, tokenizer = load_model(args.model, device=device)
+    result = evaluate_model(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir, device, progress=True)
+    if args.ppl_data:
+        result["perplexity"] = perplexity(model, args.ppl_data, args.ppl_split, max_seqs=args.ppl_max_seqs, progress=True)
+    manifest = os.path.join(args.model, "manifest.json")
+    result.update(model=os.path.abspath(args.model), tasks=args.tasks, limit=args.limit,
+                  model_manifest_sha256=sha256_file(manifest) if os.path.isfile(manifest) else None)
+    result["seconds"] = round(time.time() - t0, 1)
+    model_dir = os.path.normpath(os.path.abspath(args.model))
+    name = args.name or os.path.basename(os.path.dirname(model_dir) if os.path.basename(model_dir) == "final" else model_dir)
+    out = args.out or os.path.join(args.model, "eval", "zeroshot")
+    report.save(out, {name: result})
+    if args.tb_dir:
+        report.log_tensorboard(args.tb_dir, result, args.step)
+    print(report.markdown_table({name: result}), end="")
+    print(f"wrote {out}.json and {out}.md ({result['seconds']}s)", file=sys.stderr)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (OSError, ValueError, KeyError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"babylm-ds eval: error: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

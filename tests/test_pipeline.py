@@ -1,0 +1,70 @@
+"""Smoke run of the end-to-end job (`launchers/pipeline.py`) on a tiny budget: every stage's output exists
+and verifies, and a second run skips everything (resumable)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = [sys.executable, str(ROOT / "launchers" / "pipeline.py")]
+TINY = ["--max-words", "20000", "--vocab-size", "500", "--seq-len", "64", "--steps", "3", "--micro-batch", "4",
+        "--k", "8", "--eval-limit", "1", "--eval-tasks", "blimp,supplement,ewok"]
+
+
+def _run(argv, log, timeout=420):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(log, "w") as f:
+        proc = subprocess.run([*PIPELINE, *argv], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=timeout)
+    return proc.returncode, Path(log).read_text()
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "demo"
+    rc, log = _run(["--out", str(out), *TINY], tmp_path / "run1.log")
+    assert rc == 0, log[-4000:]
+    assert (out / "data" / "meta.json").is_file() and (out / "data" / "tokenizer" / "tokenizer.json").is_file()
+    runs = ["teacher-llama-tiny", "teacher-gpt2-tiny", "student-kd", "student-nokd"]
+    for run in runs:
+        assert json.loads((out / "runs" / run / "summary.json").read_text())["steps"] == 3
+        assert (out / "runs" / run / "final" / "manifest.json").is_file()
+    assert (out / "cache" / "manifest.json").is_file()
+    names = ["teacher-llama-tiny", "teacher-gpt2-tiny", "student-kd-babyhgrn-tiny", "student-nokd-babyhgrn-tiny"]
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results) == sorted(names)
+    for name in names:
+        res = results[name]
+        assert {b: res[b]["pairs"] for b in ("blimp", "supplement", "ewok")} == {"blimp": 67, "supplement": 5, "ewok": 11}
+        assert 0 <= res["macro"] <= 1 and res["perplexity"]["perplexity"] > 1
+    table = (out / "results.md").read_text()
+    assert all(n in table for n in names) and "| macro |" in table
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    stamps = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
+    assert len(stamps) == 10 and all(s["done"] for s in stamps.values())
+
+    rc, log = _run(["--out", str(out), *TINY], tmp_path / "run2.log", timeout=120)
+    assert rc == 0, log[-4000:]
+    assert log.count("up to date, skipped") == 10 and "$ " not in log  # nothing re-run
+
+    # DeepSpeed checkpoints load like the exported model, with or without final/ (then via args.json)
+    import torch
+    from babylm_ds.evaluation import load_model
+    x = torch.randint(3, 500, (2, 12))
+    ref = load_model(out / "runs" / "student-kd" / "final")[0](x).logits
+    assert torch.allclose(load_model(out / "runs" / "student-kd" / "checkpoints")[0](x).logits, ref, atol=1e-5)
+    (out / "runs" / "student-kd" / "final").rename(out / "runs" / "student-kd" / "exported")
+    model, tok = load_model(out / "runs" / "student-kd")
+    assert torch.allclose(model(x).logits, ref, atol=1e-5) and tok.bos_token_id == 1
+    gen = subprocess.run([sys.executable, "-m", "babylm_ds.cli", "generate", "--model", str(out / "runs" / "student-kd"),
+                          "--prompt", "London was", "--greedy", "--max-new-tokens", "5"], capture_output=True, text=True)
+    assert gen.returncode == 0 and gen.stdout.startswith("London was"), gen.stderr[-2000:]
+
+
+def test_pipeline_bad_stage_is_a_clear_error(tmp_path):
+    rc, log = _run(["--out", str(tmp_path), "--stages", "prepare,nope"], tmp_path / "bad.log", timeout=60)
+    assert rc == 2 and "unknown stage(s) ['nope']" in log
+    rc, log = _run(["--out", str(tmp_path / "x"), "--stages", "cache"], tmp_path / "missing.log", timeout=60)
+    assert rc == 1 and "run the earlier stages first" in log.strip().splitlines()[-1]
