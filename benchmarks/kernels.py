@@ -15,6 +15,7 @@ Prints a table (speed vs torch-chunked and vs SDPA, % of GEMM), PASS/FAIL for th
 and writes JSON (machine, torch, git commit, results) and a log-log PNG of time vs T.
 """
 import argparse
+import os
 import platform
 import re
 import subprocess
@@ -108,11 +109,12 @@ def measure(fn, args, device, repeats):
 
 
 def git_commit():
+    """HEAD of this checkout, or $GIT_COMMIT where the tree was copied without .git (a GPU host)."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("GIT_COMMIT")
 
 
 def check_targets(rows, gemm, device):

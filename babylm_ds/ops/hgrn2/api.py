@@ -28,7 +28,7 @@ def _load(name, q, v, auto):
             from babylm_ds.ops.hgrn2 import ext
         except ImportError as e:
             return None, f"babylm_ds.ops.hgrn2.ext cannot be imported ({e})"
-        ok, reason = ext.ext_status()
+        ok, reason = ext.ext_status(device)
         return (ext.hgrn2_ext, "") if ok else (None, reason)
     try:
         from babylm_ds.ops.hgrn2.triton import triton_hgrn2, triton_selfcheck, triton_status
