@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 from babylm_ds.models import (  # noqa: E402
     PRESETS, BabyHGRNConfig, BabyHGRNForCausalLM, HGRN2Cache, build_model, count_parameters, preset_names,
 )
+from babylm_ds.ops import naive_hgrn2  # noqa: E402
 
 VOCAB = 97
 
@@ -189,8 +190,42 @@ def test_tiny_presets_build_and_train_step():
         BabyHGRNConfig(hidden_size=100, expand_ratio=32)
 
 
+def test_logits_match_fla_module_tree(monkeypatch):
+    """fla's HGRN2 model code on CPU, its Triton-only primitives replaced by plain torch with the same
+    signatures and defaults (its fused rms_norm_linear defaults to eps 1e-5) and its GLA kernels by
+    the naive oracle: logits equal ours, also past one 64-token chunk."""
+    fla_models = pytest.importorskip("fla.models")
+    import fla.layers.hgrn2 as fla_layer
+    import fla.modules.mlp as fla_mlp
+
+    def rms_norm_linear(x, norm_weight, norm_bias, linear_weight, linear_bias, residual=None, eps=1e-5, **kw):
+        return F.linear(norm_weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps), linear_weight)
+
+    def gla(q, k, v, g=None, gk=None, initial_state=None, output_final_state=False, **kw):
+        o, s = naive_hgrn2(q, k, v, g if g is not None else gk, q.shape[-1] ** -0.5, initial_state,
+                           output_final_state)
+        return o.to(q.dtype), s
+
+    for name, fn in (("swish", F.silu), ("rms_norm_linear", rms_norm_linear), ("chunk_gla", gla),
+                     ("fused_recurrent_gla", gla)):
+        monkeypatch.setattr(fla_layer, name, fn)
+    monkeypatch.setattr(fla_mlp, "swiglu", lambda a, b: F.silu(a) * b)
+    kw = dict(hidden_size=128, num_hidden_layers=3, expand_ratio=32, vocab_size=VOCAB)
+    ours = _model(intermediate_size=None, **kw)
+    fla = fla_models.HGRN2ForCausalLM(fla_models.HGRN2Config(**kw, fuse_norm=False, fuse_swiglu=False,
+                                                              fuse_cross_entropy=False)).eval()
+    with torch.no_grad():
+        ours.lm_head.weight.normal_()
+        fla.load_state_dict(ours.state_dict())
+        for t in (30, 130):
+            x = _ids(t=t)
+            a, b = ours(x).logits, fla(x).logits
+            assert (a - b).abs().max() / b.abs().max() < 1e-5
+
+
 @pytest.mark.gpu
 def test_logits_match_fla_on_gpu():
+    """Against fla's own GPU kernels (chunk_gla uses tf32 dots: ~1e-3 relative error)."""
     fla_models = pytest.importorskip("fla.models")
     kw = dict(hidden_size=128, num_hidden_layers=3, expand_ratio=32, vocab_size=VOCAB)
     ours = _model(intermediate_size=None, **kw).cuda()

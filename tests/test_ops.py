@@ -236,7 +236,7 @@ def test_bad_step_inputs():
 
 def _fake_ext(monkeypatch, ok, reason):
     fake = types.ModuleType("babylm_ds.ops.hgrn2.ext")
-    fake.ext_status = lambda: (ok, reason)
+    fake.ext_status = lambda device=None: (ok, reason)
     fake.hgrn2_ext = lambda *a: pytest.fail("unavailable ext called")
     monkeypatch.setitem(sys.modules, "babylm_ds.ops.hgrn2.ext", fake)
     monkeypatch.setattr(sys.modules["babylm_ds.ops.hgrn2"], "ext", fake, raising=False)

@@ -14,9 +14,11 @@ class HGRN2Attention(nn.Module):
     S_t = diag(exp g_t) S_{t-1} + k_t^T v_t per head; o = Wo RMSNorm(q_t S_t).
 
     Heads H = d / expand_ratio with K = V = expand_ratio; γ ∈ [0, 1) is the layer's forget-gate lower bound.
+    The output norm's eps is 1e-5 whatever the config's norm_eps: fla applies it through its fused
+    `rms_norm_linear`, which takes its own default eps, so fla checkpoints were trained with 1e-5.
     """
 
-    def __init__(self, hidden_size: int, expand_ratio: int = 128, norm_eps: float = 1e-6):
+    def __init__(self, hidden_size: int, expand_ratio: int = 128, norm_eps: float = 1e-5):
         super().__init__()
         if hidden_size % expand_ratio:
             raise ValueError(f"hidden_size {hidden_size} must be a multiple of expand_ratio {expand_ratio}")

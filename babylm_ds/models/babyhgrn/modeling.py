@@ -40,7 +40,7 @@ class BabyHGRNBlock(GradientCheckpointingLayer):
     def __init__(self, config: BabyHGRNConfig):
         super().__init__()
         self.attn_norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
-        self.attn = HGRN2Attention(config.hidden_size, config.expand_ratio, config.norm_eps)
+        self.attn = HGRN2Attention(config.hidden_size, config.expand_ratio)
         self.mlp_norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
