@@ -9,7 +9,8 @@ FLOP count (per batch*head, chunk C = 64, useful work of the chunked algorithm):
                                                     q k^T and A v on the causal half)
     forward+backward 3x the forward (the usual convention)
 Achieved GFLOP/s are compared with this machine's square fp32 GEMM (torch.matmul, 2048^3).
-Times are the best of --repeats runs after a warm-up.
+Times are the best of --repeats (10) runs after a warm-up: the minimum is the least disturbed by
+other processes on a noisy machine.
 
 Prints a table (speed vs torch-chunked and vs SDPA, % of GEMM), PASS/FAIL for the CPU targets,
 and writes JSON (machine, torch, git commit, results) and a log-log PNG of time vs T.
@@ -102,7 +103,9 @@ def measure(fn, args, device, repeats):
         t_fwd = timeit(lambda: fn(q, k, v, g), device, repeats)
     leaves = [x.requires_grad_() for x in (q, k, v, g)]
 
-    def step():
+    def step():  # grads assigned, not accumulated, as after optimizer.zero_grad()
+        for x in leaves:
+            x.grad = None
         fn(*leaves).backward(do)
 
     return t_fwd, timeit(step, device, repeats)
@@ -170,7 +173,7 @@ def main(argv=None):
     p.add_argument("--T", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", type=Path, default=None, help="JSON path (PNG beside it)")
     a = p.parse_args(argv)
     device = torch.device(a.device)

@@ -48,12 +48,11 @@ HGRN2_HD double gexp(double x) { return exp(x); }
 template <typename A>
 HGRN2_HD A decay(A b_late, A b_early) { return gexp(b_late - b_early); }
 
-// Sub-chunk reference products for a key block J before a query block I with reference r = first
-// index of I: q~_i = q_i exp(b_i - b_r), k~_j = k_j exp(b_r - b_j); q~_i k~_j = q_i k_j exp(b_i - b_j).
-template <typename A>
-HGRN2_HD A ref_q(A q, A b_i, A b_r) { return q * decay(b_i, b_r); }
-template <typename A>
-HGRN2_HD A ref_k(A k, A b_r, A b_j) { return k * decay(b_r, b_j); }
+// Sub-chunk reference products for a query block I with reference r = first index of I:
+// q~_i = q_i exp(b_i - b_r), k~_j = k_j exp(b_r - b_j); q~_i k~_j = q_i k_j exp(b_i - b_j). For keys
+// j <= r the factor is <= 1; keys inside I (factor > 1) use them only while b_r - b_j < kRefSpan in
+// every column, so no factor overflows or flushes q~ to zero in fp32.
+constexpr float kRefSpan = 40.0f;
 
 // Chunk-boundary state update of one element: S_new = exp(b_last) S_prev + sum_j kd_j v_j, where
 // kd_j = k_j exp(b_last - b_j); this adds one (kd, v) term to an already decayed state element.

@@ -2,10 +2,11 @@
 // times (AVX-512, AVX2+FMA, baseline x86-64-v2) and picked at run time from the CPU's features.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__)
-#include <xmmintrin.h>
+#include <immintrin.h>
 #endif
 
 #include "hgrn2_common.h"
@@ -25,9 +26,11 @@ struct FtzScope {
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi,bmi2")
+#define HGRN2_AVX512
 namespace avx512 {
 #include "hgrn2_cpu_kernel.h"
 }
+#undef HGRN2_AVX512
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2")

@@ -1,52 +1,106 @@
 // HGRN2 CPU chunk kernels on raw pointers. No include guard: hgrn2_cpu.cpp includes this file once
-// per instruction set (inside `#pragma GCC target` regions and distinct namespaces).
+// per instruction set (inside `#pragma GCC target` regions and distinct namespaces); HGRN2_AVX512 is
+// defined for the AVX-512 copy (C++ does not update __AVX512F__ under the pragma).
 // Layout: q, k, g [B, T, H, K]; v, o [B, T, H, V]; state [B, H, K, V]; all contiguous (see Args).
 
 enum Band { kFull, kLower, kUpper };  // nonzero part of the left factor of mm()
 
-// C[i, 0:TW] (+)= sum_c A[i, c] B[c, 0:TW] for rows i < m, c < n, R rows at a time with the
+// W-lane vector of S (GCC vector extension; unaligned, may alias S); one lane: S itself.
+template <typename S, int W>
+struct Vec {
+  typedef S type __attribute__((vector_size(W * sizeof(S)), aligned(sizeof(S)), may_alias));
+};
+template <typename S>
+struct Vec<S, 1> {
+  typedef S type;
+};
+
+// C[i, 0:W NV] (+)= sum_c A[i, c] B[c, 0:W NV] for rows i < m, c < n, R rows at a time with the
 // accumulators in registers. kLower/kUpper: A[i, c] is zero for c > i / c < i (and is stored as such).
-template <typename S, int TW, int R, Band band>
+// AT: A is stored transposed, A[i, c] at A[c * lda + i].
+template <typename S, int W, int NV, int R, Band band, bool AT>
 static inline void mm_rows(S* __restrict__ C, long ldc, const S* __restrict__ A, long lda, const S* __restrict__ B,
                            long ldb, int i, int n, bool acc) {
-  S c0[R][TW];
+  typedef typename Vec<S, W>::type V;
+  V c0[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int l = 0; l < TW; ++l) c0[r][l] = acc ? C[(i + r) * ldc + l] : S(0);
+    for (int l = 0; l < NV; ++l) c0[r][l] = acc ? *(const V*)(C + (i + r) * ldc + l * W) : V{};
   const int lo = band == kUpper ? i : 0, hi = band == kLower ? std::min(n, i + R) : n;
   for (int c = lo; c < hi; ++c) {
-    const S* __restrict__ b = B + c * ldb;
+    V b[NV];
+    for (int l = 0; l < NV; ++l) b[l] = *(const V*)(B + c * ldb + l * W);
     for (int r = 0; r < R; ++r) {
-      const S a = A[(i + r) * lda + c];
-      for (int l = 0; l < TW; ++l) c0[r][l] += a * b[l];
+      const S a = AT ? A[c * lda + i + r] : A[(i + r) * lda + c];
+      for (int l = 0; l < NV; ++l) c0[r][l] += a * b[l];
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int l = 0; l < TW; ++l) C[(i + r) * ldc + l] = c0[r][l];
+    for (int l = 0; l < NV; ++l) *(V*)(C + (i + r) * ldc + l * W) = c0[r][l];
 }
 
-template <typename S, int TW, Band band>
+template <typename S, int W, int NV, Band band, bool AT>
 static inline void mm_tile(S* __restrict__ C, long ldc, const S* __restrict__ A, long lda, const S* __restrict__ B,
                            long ldb, int m, int n, bool acc) {
+  constexpr int R = W > 1 && NV < 4 ? 8 : 4;  // up to 16 vector accumulators
   int i = 0;
-  for (; i + 4 <= m; i += 4) mm_rows<S, TW, 4, band>(C, ldc, A, lda, B, ldb, i, n, acc);
-  for (; i < m; ++i) mm_rows<S, TW, 1, band>(C, ldc, A, lda, B, ldb, i, n, acc);
+  for (; i + R <= m; i += R) mm_rows<S, W, NV, R, band, AT>(C, ldc, A, lda, B, ldb, i, n, acc);
+  for (; i < m; ++i) mm_rows<S, W, NV, 1, band, AT>(C, ldc, A, lda, B, ldb, i, n, acc);
 }
 
-// C[m, w] (+)= A[m, n] B[n, w] (row strides ldc, lda, ldb).
-template <typename S, Band band = kFull>
+// C[m, w] (+)= A[m, n] B[n, w] (row strides ldc, lda, ldb; A stored transposed if AT), in column
+// tiles of 4, 2 and 1 64-byte vectors, then single columns.
+template <typename S, Band band = kFull, bool AT = false>
 static void mm(S* C, long ldc, const S* A, long lda, const S* B, long ldb, int m, int n, int w, bool acc) {
-  constexpr int TW = 256 / sizeof(S);
+  constexpr int W = 64 / sizeof(S);
   int x = 0;
-  for (; x + TW <= w; x += TW) mm_tile<S, TW, band>(C + x, ldc, A, lda, B + x, ldb, m, n, acc);
-  for (; x + 16 <= w; x += 16) mm_tile<S, 16, band>(C + x, ldc, A, lda, B + x, ldb, m, n, acc);
-  for (; x < w; ++x) mm_tile<S, 1, band>(C + x, ldc, A, lda, B + x, ldb, m, n, acc);
+  for (; x + 4 * W <= w; x += 4 * W) mm_tile<S, W, 4, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc);
+  for (; x + 2 * W <= w; x += 2 * W) mm_tile<S, W, 2, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc);
+  for (; x + W <= w; x += W) mm_tile<S, W, 1, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc);
+  for (; x < w; ++x) mm_tile<S, 1, 1, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc);
 }
 
-// dst[c, r] = src[r, c] for r < rows, c < cols.
+#ifdef HGRN2_AVX512
+// dst[c, r] = s src[r, c] for one 16x16 fp32 block, in registers.
+static inline void transpose16(float* dst, long ldd, const float* src, long lds, float s) {
+  __m512 r[16], t[16];
+  const __m512 sv = _mm512_set1_ps(s);
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_mul_ps(_mm512_loadu_ps(src + i * lds), sv);
+  for (int i = 0; i < 16; i += 2) {  // per 128-bit lane: (a0 b0 a1 b1), (a2 b2 a3 b3)
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4)  // r[i + j], lane l: column 4l + j of rows i..i+3
+    for (int j = 0; j < 2; ++j) {
+      const __m512d x = _mm512_castps_pd(t[i + j]), y = _mm512_castps_pd(t[i + j + 2]);
+      r[i + 2 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+      r[i + 2 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+    }
+  for (int j = 0; j < 4; ++j) {  // gather lane l of r[j], r[4 + j], r[8 + j], r[12 + j] into row 4l + j
+    const __m512 u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    const __m512 u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    _mm512_storeu_ps(dst + j * ldd, _mm512_shuffle_f32x4(u0, u2, 0x88));
+    _mm512_storeu_ps(dst + (4 + j) * ldd, _mm512_shuffle_f32x4(u1, u3, 0x88));
+    _mm512_storeu_ps(dst + (8 + j) * ldd, _mm512_shuffle_f32x4(u0, u2, 0xDD));
+    _mm512_storeu_ps(dst + (12 + j) * ldd, _mm512_shuffle_f32x4(u1, u3, 0xDD));
+  }
+}
+#endif
+
+// dst[c, r] = s src[r, c] for r < rows, c < cols (AVX-512 fp32: 16x16 blocks in registers).
 template <typename S>
-static void transpose(S* __restrict__ dst, long ldd, const S* __restrict__ src, long lds, int rows, int cols) {
+static void transpose(S* __restrict__ dst, long ldd, const S* __restrict__ src, long lds, int rows, int cols,
+                      S s = 1) {
+  int rb = 0, cb = 0;  // rows / cols covered by whole blocks
+#ifdef HGRN2_AVX512
+  if constexpr (std::is_same<S, float>::value) {
+    rb = rows & ~15, cb = cols & ~15;
+    for (int r = 0; r < rb; r += 16)
+      for (int c = 0; c < cb; c += 16) transpose16(dst + c * ldd + r, ldd, src + r * lds + c, lds, s);
+  }
+#endif
   for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+    for (int c = r < rb ? cb : 0; c < cols; ++c) dst[c * ldd + r] = s * src[r * lds + c];
 }
 
 // One chunk's buffers: [kChunk, K] rows unless noted.
@@ -54,28 +108,27 @@ template <typename S>
 struct Chunk {
   std::vector<S> mem;
   S *q, *k, *b, *eb, *ed, *qg, *kd, *ke, *kr;  // [kChunk, K]
-  S *qgT, *kdT, *krT;                          // [K, kChunk]
-  S *qe, *qr;                                  // [kSub, K]
-  S *A, *dl;                                   // [kChunk, kChunk], [K]
+  S *qe, *qr, *qrT;                            // [kSub, K], qrT [K, kSub]
+  S *At, *dl, *dr;                             // A transposed [kChunk, kChunk], [K], [K]
 
-  explicit Chunk(int K) : mem((12 * (size_t)kChunk + 2 * kSub) * K + kChunk * kChunk + K) {
+  explicit Chunk(int K) : mem((9 * (size_t)kChunk + 3 * kSub) * K + kChunk * kChunk + 2 * K) {
     S* p = mem.data();
     auto take = [&p](size_t n) { S* x = p; p += n; return x; };
     const size_t CK = (size_t)kChunk * K, SK = (size_t)kSub * K;
     q = take(CK), k = take(CK), b = take(CK), eb = take(CK), ed = take(CK), qg = take(CK), kd = take(CK);
-    ke = take(CK), kr = take(CK), qgT = take(CK), kdT = take(CK), krT = take(CK);
-    qe = take(SK), qr = take(SK), A = take((size_t)kChunk * kChunk), dl = take(K);
+    ke = take(CK), kr = take(CK), qe = take(SK), qr = take(SK), qrT = take(SK);
+    At = take((size_t)kChunk * kChunk), dl = take(K), dr = take(K);
   }
 
-  // Load q, k and the cumulative log-decay b of chunk rows [t0, t0 + L); eb = exp(b),
-  // ed = exp(b_last - b), qg = scale q eb, kd = k ed (and their transposes), dl = exp(b_last).
-  void load(const Args<S>& a, long base, int t0, int L) {
+  // Load k and the cumulative log-decay b of chunk rows [t0, t0 + L); ed = exp(b_last - b), kd = k ed,
+  // dl = exp(b_last); with_q: also q, eb = exp(b), qg = scale q eb.
+  void load(const Args<S>& a, long base, int t0, int L, bool with_q = true) {
     const int K = a.K;
     const long st = (long)a.H * K;
     for (int i = 0; i < L; ++i) {
       const S* __restrict__ gs = a.g + base + (t0 + i) * st;
       S* bi = b + (size_t)i * K;
-      memcpy(q + (size_t)i * K, a.q + base + (t0 + i) * st, sizeof(S) * K);
+      if (with_q) memcpy(q + (size_t)i * K, a.q + base + (t0 + i) * st, sizeof(S) * K);
       memcpy(k + (size_t)i * K, a.k + base + (t0 + i) * st, sizeof(S) * K);
       if (i == 0)
 #pragma omp simd
@@ -90,70 +143,86 @@ struct Chunk {
       const size_t o = (size_t)i * K;
 #pragma omp simd
       for (int c = 0; c < K; ++c) {
-        eb[o + c] = gexp(b[o + c]);
         ed[o + c] = decay(bl[c], b[o + c]);
-        qg[o + c] = a.scale * q[o + c] * eb[o + c];
         kd[o + c] = k[o + c] * ed[o + c];
       }
+      if (with_q)
+#pragma omp simd
+        for (int c = 0; c < K; ++c) {
+          eb[o + c] = gexp(b[o + c]);
+          qg[o + c] = a.scale * q[o + c] * eb[o + c];
+        }
     }
-    transpose(qgT, kChunk, qg, K, L, K);
-    transpose(kdT, kChunk, kd, K, L, K);
   }
 
-  // Scaled intra-chunk attention A[i][j] = scale sum_c q_ic k_jc exp(b_ic - b_jc) (j <= i < L, zero
-  // elsewhere), built per query sub-chunk I = [I0, I0 + IL): keys before I through the reference
-  // products at r = I0 (qe/qr, ke/kr), keys inside I pairwise. block(I0, IL) runs after each sub-chunk
-  // with those reference products in place.
+  // Scaled intra-chunk attention, stored transposed: At[j][i] = A[i][j] = scale sum_c q_ic k_jc
+  // exp(b_ic - b_jc) (j <= i < L, zero elsewhere), built per query sub-chunk I = [I0, I0 + IL) from the
+  // reference products at r = I0 (qe/qr, ke/kr) of the keys j < J: J = I0 + IL when the decay across I
+  // is below kRefSpan in every column, else J = I0 and the keys inside I go pairwise.
+  // block(I0, IL, J) runs after each sub-chunk with those reference products in place.
   template <typename F>
   void intra(int K, int L, S scale, F&& block) {
-    memset(A, 0, sizeof(S) * kChunk * kChunk);
+    memset(At, 0, sizeof(S) * kChunk * kChunk);
     for (int I0 = 0; I0 < L; I0 += kSub) {
       const int IL = std::min(kSub, L - I0);
       const S* __restrict__ br = b + (size_t)I0 * K;
+      const S* __restrict__ be = b + (size_t)(I0 + IL - 1) * K;
+      bool ref = true;
+      for (int c = 0; c < K; ++c) ref &= br[c] - be[c] < S(kRefSpan);
+      const int J = ref ? I0 + IL : I0;
       for (int i = 0; i < IL; ++i) {
         const size_t o = (size_t)(I0 + i) * K, oi = (size_t)i * K;
 #pragma omp simd
         for (int c = 0; c < K; ++c) {
           qe[oi + c] = decay(b[o + c], br[c]);
-          qr[oi + c] = ref_q(q[o + c], b[o + c], br[c]);
+          qr[oi + c] = q[o + c] * qe[oi + c];
         }
       }
-      for (int j = 0; j < I0; ++j) {
+      transpose(qrT, kSub, qr, K, IL, K, scale);
+      // Keys before the previous sub-chunk rescale their decays from the previous reference by
+      // dr = e^{b_I0 - b_{I0 - kSub}} (both factors <= 1); the others get theirs directly.
+      const int Jd = std::max(I0 - kSub, 0);
+#pragma omp simd
+      for (int c = 0; c < K; ++c) dr[c] = decay(br[c], b[(size_t)Jd * K + c]);
+      for (int j = 0; j < J; ++j) {
         const size_t o = (size_t)j * K;
+        if (j < Jd)
 #pragma omp simd
-        for (int c = 0; c < K; ++c) {
-          ke[o + c] = decay(br[c], b[o + c]);
-          kr[o + c] = ref_k(k[o + c], br[c], b[o + c]);
-        }
+          for (int c = 0; c < K; ++c) ke[o + c] *= dr[c];
+        else
+#pragma omp simd
+          for (int c = 0; c < K; ++c) ke[o + c] = decay(br[c], b[o + c]);
+#pragma omp simd
+        for (int c = 0; c < K; ++c) kr[o + c] = k[o + c] * ke[o + c];
       }
-      transpose(krT, kChunk, kr, K, I0, K);
-      mm(A + (size_t)I0 * kChunk, kChunk, qr, K, krT, kChunk, IL, K, I0, false);
-      for (int i = I0; i < I0 + IL; ++i) {
-#pragma omp simd
-        for (int j = 0; j < I0; ++j) A[(size_t)i * kChunk + j] *= scale;
-        const S* __restrict__ qi = q + (size_t)i * K;
-        const S* __restrict__ bi = b + (size_t)i * K;
-        for (int j = I0; j <= i; ++j) {
-          const S* __restrict__ kj = k + (size_t)j * K;
-          const S* __restrict__ bj = b + (size_t)j * K;
+      mm(At + I0, kChunk, kr, K, qrT, kSub, J, K, IL, false);
+      for (int j = I0; j < I0 + IL; ++j) {
+        S* __restrict__ Aj = At + (size_t)j * kChunk;
+        for (int i = I0; i < j; ++i) Aj[i] = 0;
+        if (ref) continue;
+        const S* __restrict__ kj = k + (size_t)j * K;
+        const S* __restrict__ bj = b + (size_t)j * K;
+        for (int i = j; i < I0 + IL; ++i) {
+          const S* __restrict__ qi = q + (size_t)i * K;
+          const S* __restrict__ bi = b + (size_t)i * K;
           S s = 0;
 #pragma omp simd reduction(+ : s)
           for (int c = 0; c < K; ++c) s += qi[c] * kj[c] * decay(bi[c], bj[c]);
-          A[(size_t)i * kChunk + j] = scale * s;
+          Aj[i] = scale * s;
         }
       }
-      block(I0, IL);
+      block(I0, IL, J);
     }
   }
 };
 
-// S[K, w] <- diag(dl) S + X^T R with X^T = xT [K, L] (row stride kChunk) and R [L, w] (row stride ldr).
+// S[K, w] <- diag(dl) S + X^T R with X [L, K] and R [L, w] (row stride ldr).
 template <typename S>
-static void advance(S* st, long lds, const S* dl, const S* xT, const S* R, long ldr, int K, int L, int w) {
+static void advance(S* st, long lds, const S* dl, const S* X, const S* R, long ldr, int K, int L, int w) {
   for (int c = 0; c < K; ++c)
 #pragma omp simd
     for (int x = 0; x < w; ++x) st[c * lds + x] *= dl[c];
-  mm(st, lds, xT, kChunk, R, ldr, K, L, w, true);
+  mm<S, kFull, true>(st, lds, X, K, R, ldr, K, L, w, true);
 }
 
 // Forward for one (batch, head, value tile [v0, v0 + vt)).
@@ -172,10 +241,10 @@ static void fwd_task(const Args<S>& a, int bh, int v0, int vt) {
     const S* vc = a.v + baseV + t0 * sV;
     S* oc = a.o + baseV + t0 * sV;
     ch.load(a, baseK, t0, L);
-    ch.intra(K, L, a.scale, [](int, int) {});
+    ch.intra(K, L, a.scale, [](int, int, int) {});
     mm(oc, sV, ch.qg, K, st, vt, L, K, vt, false);
-    mm<S, kLower>(oc, sV, ch.A, kChunk, vc, sV, L, L, vt, true);
-    advance(st, vt, ch.dl, ch.kdT, vc, sV, K, L, vt);
+    mm<S, kLower, true>(oc, sV, ch.At, kChunk, vc, sV, L, L, vt, true);
+    advance(st, vt, ch.dl, ch.kd, vc, sV, K, L, vt);
   }
   if (a.ht)
     for (int c = 0; c < K; ++c) memcpy(a.ht + ((long)bh * K + c) * V + v0, st + (size_t)c * vt, sizeof(S) * vt);
@@ -191,19 +260,24 @@ static void bwd_task(const Args<S>& a, int bh) {
   const long sK = (long)H * K, sV = (long)H * V;
   const size_t KV = (size_t)K * V;
   Chunk<S> ch(K);
-  std::vector<S> mem(KV * (NC + 3) + (size_t)3 * C * V + (size_t)4 * C * K + 2 * C * C + K);
-  S* states = mem.data();  // NC chunk-start states, then the final state
-  S *G = states + KV * (NC + 1), *T1 = G + KV;  // T1: transposed state [V, K]
-  S *vT = T1 + KV, *dvc = vT + (size_t)C * V, *dqc = dvc + (size_t)C * V, *dkc = dqc + (size_t)C * K;
-  S *tq = dkc + (size_t)C * K, *tk = tq + (size_t)C * K, *dA = tk + (size_t)C * K, *dAT = dA + C * C;
-  S* carry = dAT + C * C;
+  std::vector<S> mem(KV * (NC + 3) + (size_t)C * V + (size_t)2 * C * K + C * C + K);
+  S* states = mem.data();  // NC chunk-start states, then the final state, each transposed [V, K]
+  S *G = states + KV * (NC + 1), *GT = G + KV;
+  S *vT = GT + KV, *tq = vT + (size_t)C * V, *tk = tq + (size_t)C * K, *dA = tk + (size_t)C * K;
+  S* carry = dA + C * C;
 
-  for (size_t x = 0; x < KV; ++x) states[x] = a.h0 ? a.h0[bh * KV + x] : S(0);
+  // Chunk-start states, transposed: S^T <- S^T diag(dl) + v^T kd.
+  if (a.h0) transpose(states, K, a.h0 + bh * KV, V, K, V);
+  else memset(states, 0, sizeof(S) * KV);
   for (int n = 0; n < NC; ++n) {
     const int t0 = n * C, L = std::min(C, T - t0);
-    ch.load(a, baseK, t0, L);
-    memcpy(states + KV * (n + 1), states + KV * n, sizeof(S) * KV);
-    advance(states + KV * (n + 1), V, ch.dl, ch.kdT, a.v + baseV + t0 * sV, sV, K, L, V);
+    const S* __restrict__ src = states + KV * n;
+    S* __restrict__ dst = states + KV * (n + 1);
+    ch.load(a, baseK, t0, L, false);
+    for (int x = 0; x < V; ++x)
+#pragma omp simd
+      for (int c = 0; c < K; ++c) dst[x * K + c] = src[x * K + c] * ch.dl[c];
+    mm<S, kFull, true>(dst, K, a.v + baseV + t0 * sV, sV, ch.kd, K, V, L, K, true);
   }
   const S* ST = states + KV * NC;
   for (int c = 0; c < K; ++c) {
@@ -211,7 +285,7 @@ static void bwd_task(const Args<S>& a, int bh) {
     for (int x = 0; x < V; ++x) {
       const S d = a.dht ? a.dht[bh * KV + (size_t)c * V + x] : S(0);
       G[(size_t)c * V + x] = d;
-      s += ST[(size_t)c * V + x] * d;
+      s += ST[(size_t)x * K + c] * d;
     }
     carry[c] = s;
   }
@@ -219,44 +293,47 @@ static void bwd_task(const Args<S>& a, int bh) {
   for (int n = NC - 1; n >= 0; --n) {
     const int t0 = n * C, L = std::min(C, T - t0);
     const S *vc = a.v + baseV + t0 * sV, *doc = a.dout + baseV + t0 * sV;
+    // dq, dk (row stride sK) and dv (sV) accumulate in place in the outputs.
+    S *dqc = a.dq + baseK + t0 * sK, *dkc = a.dk + baseK + t0 * sK, *dvc = a.dv + baseV + t0 * sV;
     ch.load(a, baseK, t0, L);
-    // dA = scale do v^T (lower triangle) and its transpose.
-    transpose(vT, C, vc, sV, L, V);
+    // dA = scale do v^T (lower triangle; only the sub-chunk rows' columns j < I0 + IL are used).
+    transpose(vT, C, vc, sV, L, V, a.scale);
     for (int I0 = 0; I0 < L; I0 += kSub) {
       const int IL = std::min(kSub, L - I0);
       mm(dA + (size_t)I0 * C, C, doc + I0 * sV, sV, vT, C, IL, V, I0 + IL, false);
+      for (int i = I0; i < I0 + IL; ++i)
+        for (int j = i + 1; j < I0 + IL; ++j) dA[i * C + j] = 0;
     }
-    for (int i = 0; i < L; ++i)
-      for (int j = 0; j < L; ++j) dA[i * C + j] = j <= i ? a.scale * dA[i * C + j] : S(0);
-    transpose(dAT, C, dA, C, L, L);
     // Inter-chunk parts: dq = scale e^b (do S_prev^T), dk = e^{b_L - b} (v G^T), dv = kd G.
-    transpose(T1, K, states + KV * n, V, K, V);
-    mm(dqc, K, doc, sV, T1, K, L, V, K, false);
-    transpose(T1, K, G, V, K, V);
-    mm(dkc, K, vc, sV, T1, K, L, V, K, false);
+    mm(dqc, sK, doc, sV, states + KV * n, K, L, V, K, false);
+    transpose(GT, K, G, V, K, V);
+    mm(dkc, sK, vc, sV, GT, K, L, V, K, false);
+    for (int i = 0; i < L; ++i)
 #pragma omp simd
-    for (size_t e = 0; e < (size_t)L * K; ++e) {
-      dqc[e] *= a.scale * ch.eb[e];
-      dkc[e] *= ch.ed[e];
-    }
-    mm(dvc, V, ch.kd, K, G, V, L, K, V, false);
+      for (int c = 0; c < K; ++c) {
+        dqc[i * sK + c] *= a.scale * ch.eb[(size_t)i * K + c];
+        dkc[i * sK + c] *= ch.ed[(size_t)i * K + c];
+      }
+    mm(dvc, sV, ch.kd, K, G, V, L, K, V, false);
     // Intra-chunk: A, and dq / dk per query sub-chunk.
-    ch.intra(K, L, a.scale, [&](int I0, int IL) {
-      mm(tq, K, dA + (size_t)I0 * C, C, ch.kr, K, IL, I0, K, false);
-      mm(tk, K, dAT + I0, C, ch.qr, K, I0, IL, K, false);
+    ch.intra(K, L, a.scale, [&](int I0, int IL, int J) {
+      mm(tq, K, dA + (size_t)I0 * C, C, ch.kr, K, IL, J, K, false);
+      mm<S, kFull, true>(tk, K, dA + (size_t)I0 * C, C, ch.qr, K, J, IL, K, false);
       for (int i = 0; i < IL; ++i)
 #pragma omp simd
-        for (int c = 0; c < K; ++c) dqc[(size_t)(I0 + i) * K + c] += ch.qe[(size_t)i * K + c] * tq[(size_t)i * K + c];
+        for (int c = 0; c < K; ++c) dqc[(I0 + i) * sK + c] += ch.qe[(size_t)i * K + c] * tq[(size_t)i * K + c];
+      for (int j = 0; j < J; ++j)
 #pragma omp simd
-      for (size_t e = 0; e < (size_t)I0 * K; ++e) dkc[e] += ch.ke[e] * tk[e];
+        for (int c = 0; c < K; ++c) dkc[j * sK + c] += ch.ke[(size_t)j * K + c] * tk[(size_t)j * K + c];
+      if (J > I0) return;
       for (int i = I0; i < I0 + IL; ++i) {
         const S* __restrict__ qi = ch.q + (size_t)i * K;
         const S* __restrict__ bi = ch.b + (size_t)i * K;
-        S* __restrict__ dqi = dqc + (size_t)i * K;
+        S* __restrict__ dqi = dqc + i * sK;
         for (int j = I0; j <= i; ++j) {
           const S* __restrict__ kj = ch.k + (size_t)j * K;
           const S* __restrict__ bj = ch.b + (size_t)j * K;
-          S* __restrict__ dkj = dkc + (size_t)j * K;
+          S* __restrict__ dkj = dkc + j * sK;
           const S d = dA[(size_t)i * C + j];
 #pragma omp simd
           for (int c = 0; c < K; ++c) {
@@ -268,22 +345,18 @@ static void bwd_task(const Args<S>& a, int bh) {
       }
     });
     // dv += A^T do; G <- exp(b_last) G + (scale q e^b)^T do.
-    transpose(dAT, C, ch.A, C, L, L);
-    mm<S, kUpper>(dvc, V, dAT, C, doc, sV, L, L, V, true);
-    advance(G, V, ch.dl, ch.qgT, doc, sV, K, L, V);
+    mm<S, kUpper>(dvc, sV, ch.At, C, doc, sV, L, L, V, true);
+    advance(G, V, ch.dl, ch.qg, doc, sV, K, L, V);
     // dg: reverse cumsum of q dq - k dk, seeded with the carry from later chunks.
     for (int i = L - 1; i >= 0; --i) {
       const S *qi = ch.q + (size_t)i * K, *ki = ch.k + (size_t)i * K;
-      const S *dqi = dqc + (size_t)i * K, *dki = dkc + (size_t)i * K;
+      const S *dqi = dqc + i * sK, *dki = dkc + i * sK;
       S* dgo = a.dg + baseK + (t0 + i) * sK;
 #pragma omp simd
       for (int c = 0; c < K; ++c) {
         carry[c] += dg_term(qi[c], dqi[c], ki[c], dki[c]);
         dgo[c] = carry[c];
       }
-      memcpy(a.dq + baseK + (t0 + i) * sK, dqi, sizeof(S) * K);
-      memcpy(a.dk + baseK + (t0 + i) * sK, dki, sizeof(S) * K);
-      memcpy(a.dv + baseV + (t0 + i) * sV, dvc + (size_t)i * V, sizeof(S) * V);
     }
   }
   if (a.dh0) memcpy(a.dh0 + bh * KV, G, sizeof(S) * KV);

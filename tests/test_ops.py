@@ -276,3 +276,14 @@ def test_gpu_backends(backend, dtype, rtol, T, gmin):
     got = run_with_grads(fn, *ins)
     assert got[0].dtype == dtype and got[1].dtype == torch.float32
     assert_close(got, oracle(*ins), rtol)
+
+
+def test_extension_built_with_cuda_when_toolchain_present():
+    """setup.py compiles the CUDA kernels whenever torch has CUDA and nvcc is found, so a CUDA build
+    error fails the install instead of passing as a CPU-only extension."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    _C = pytest.importorskip("babylm_ds._C")
+    if os.environ.get("BABYLM_DS_CUDA") == "0" or torch.version.cuda is None or CUDA_HOME is None:
+        pytest.skip("torch without CUDA or no nvcc: the extension is CPU-only by design")
+    assert _C.has_cuda()
