@@ -58,22 +58,26 @@ def _pair_decay(b_b, BT: tl.constexpr):
 
 
 @triton.jit
-def _state_ptrs(i_bh, K: tl.constexpr, V: tl.constexpr, o_v, BK: tl.constexpr):
+def _program_state(h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, LOAD: tl.constexpr):
+    """This program's V-block, batch, head and value offsets, the pointers and mask of its [BK, BV]
+    state tile, and that tile in fp32: loaded from h when LOAD, else zeros."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_k = tl.arange(0, BK)
-    return i_bh * K * V + o_k[:, None] * V + o_v[None, :], (o_k < K)[:, None] & (o_v < V)[None, :]
+    o_v = i_v * BV + tl.arange(0, BV)
+    p_h = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
+    m_h = (o_k < K)[:, None] & (o_v < V)[None, :]
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if LOAD:
+        b_h += tl.load(h + p_h, mask=m_h, other=0.).to(tl.float32)
+    return i_v, i_bh // H, i_bh % H, o_v, p_h, m_h, b_h
 
 
 @triton.jit
 def _fwd_kernel(q, k, v, g, h0, o, ht, scale, T, H: tl.constexpr, K: tl.constexpr,
                 V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                 USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_v = i_v * BV + tl.arange(0, BV)
-    p_h, m_h = _state_ptrs(i_bh, K, V, o_v, BK)
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        b_h += tl.load(h0 + p_h, mask=m_h, other=0.).to(tl.float32)
+    i_v, i_b, i_h, o_v, p_h, m_h, b_h = _program_state(h0, H, K, V, BK, BV, USE_H0)
     for i_t in range(0, tl.cdiv(T, BT)):
         b_q, b_k, b_b, b_v, p_k, p_v, m_tk, m_tv = _chunk_load(q, k, g, v, i_b, i_h, i_t, T, H, K, V,
                                                               o_v, BT, BK)
@@ -93,14 +97,8 @@ def _bwd_dq_kernel(q, k, v, g, h0, do, dq, scale, T, H: tl.constexpr, K: tl.cons
                    V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    USE_H0: tl.constexpr, PREC: tl.constexpr):
     """dq restricted to V-block i_v (summed over blocks by the caller), recomputing the states."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_v, i_b, i_h, o_v, p_h, m_h, b_h = _program_state(h0, H, K, V, BK, BV, USE_H0)
     B = tl.num_programs(1) // H
-    o_v = i_v * BV + tl.arange(0, BV)
-    p_h, m_h = _state_ptrs(i_bh, K, V, o_v, BK)
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        b_h += tl.load(h0 + p_h, mask=m_h, other=0.).to(tl.float32)
     dq += i_v.to(tl.int64) * B * T * H * K
     for i_t in range(0, tl.cdiv(T, BT)):
         b_q, b_k, b_b, b_v, p_k, p_v, m_tk, m_tv = _chunk_load(q, k, g, v, i_b, i_h, i_t, T, H, K, V,
@@ -120,14 +118,8 @@ def _bwd_dkv_kernel(q, k, v, g, do, dht, dk, dv, dh0, scale, T, H: tl.constexpr,
                     V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr):
     """Reverse pass carrying the state adjoint: dk (per V-block), dv and dh0."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_v, i_b, i_h, o_v, p_h, m_h, b_dh = _program_state(dht, H, K, V, BK, BV, USE_DHT)
     B = tl.num_programs(1) // H
-    o_v = i_v * BV + tl.arange(0, BV)
-    p_h, m_h = _state_ptrs(i_bh, K, V, o_v, BK)
-    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT:
-        b_dh += tl.load(dht + p_h, mask=m_h, other=0.).to(tl.float32)
     dk += i_v.to(tl.int64) * B * T * H * K
     NT = tl.cdiv(T, BT)
     for i in range(0, NT):
