@@ -23,12 +23,13 @@ def _encode(batch, tokenizer):
     return {"ids": [[BOS_ID, *x, EOS_ID] for x in ids]}
 
 
-def tokenize_documents(docs, tokenizer, cache_dir, num_proc=1):
+def tokenize_documents(docs, tokenizer, tok_hash, cache_dir, num_proc=1):
     """Token ids of every document as `<s> ... </s>`: (flat uint16 array, per-document offsets).
 
     Runs `datasets.map`; the result is cached in `cache_dir` under a name keyed by the tokenizer
-    and the documents, so re-preparing the same text with the same tokenizer skips tokenizing."""
-    key = hashlib.sha256(tokenizer_hash(tokenizer).encode())
+    (its `tokenizer_hash`) and the documents, so re-preparing the same text with the same
+    tokenizer skips tokenizing."""
+    key = hashlib.sha256(tok_hash.encode())
     for d in docs:
         key.update(d.encode() + b"\x00")
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
@@ -61,8 +62,9 @@ def write_shards(windows, split_dir, shard_sequences=SHARD_SEQUENCES):
     for k, start in enumerate(range(0, len(windows), shard_sequences)):
         part = windows[start:start + shard_sequences]
         path = split_dir / f"shard_{k:05d}.bin"
-        atomic_write_bytes(path, part.astype("<u2").tobytes())
-        shards.append({"path": f"{split_dir.name}/{path.name}", "sha256": sha256_file(path),
+        data = part.astype("<u2").tobytes()
+        atomic_write_bytes(path, data)
+        shards.append({"path": f"{split_dir.name}/{path.name}", "sha256": hashlib.sha256(data).hexdigest(),
                        "num_sequences": len(part)})
     return shards
 
@@ -85,6 +87,10 @@ def load_meta(data_dir):
     return meta
 
 
+def _shard_size_ok(path, shard, seq_len):
+    return path.stat().st_size == shard["num_sequences"] * seq_len * 2  # uint16 tokens
+
+
 def verify_data(data_dir):
     """Check every shard's size and sha256, the tokenizer hash and the fingerprint against
     meta.json; returns the meta, or raises ValueError naming the first bad file."""
@@ -95,7 +101,7 @@ def verify_data(data_dir):
             path = data_dir / shard["path"]
             if not path.is_file():
                 raise ValueError(f"missing shard {path}")
-            if path.stat().st_size != shard["num_sequences"] * meta["seq_len"] * 2:
+            if not _shard_size_ok(path, shard, meta["seq_len"]):
                 raise ValueError(f"shard {path} has the wrong size for {shard['num_sequences']} sequences")
             if sha256_file(path) != shard["sha256"]:
                 raise ValueError(f"shard {path} checksum mismatch (corrupted or modified)")
@@ -122,7 +128,7 @@ class PackedDataset(torch.utils.data.Dataset):
         self.starts = np.cumsum([0] + [s["num_sequences"] for s in self.shards])
         for s in self.shards:
             path = self.data_dir / s["path"]
-            if not path.is_file() or path.stat().st_size != s["num_sequences"] * self.seq_len * 2:
+            if not path.is_file() or not _shard_size_ok(path, s, self.seq_len):
                 raise ValueError(f"shard {path} is missing or has the wrong size; run verify_data({str(data_dir)!r})")
         self._maps = None
 

@@ -12,7 +12,7 @@ import numpy as np
 from ..utils.io import atomic_write_json
 from .corpus import count_words, read_corpus
 from .pack import FORMAT_VERSION, SHARD_SEQUENCES, fingerprint, pack, tokenize_documents, write_shards
-from .tokenizer import tokenizer_hash, train_tokenizer
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, tokenizer_hash, train_tokenizer
 
 BUDGET_UNITS = {"": 1, "k": 10**3, "m": 10**6}
 
@@ -61,7 +61,8 @@ def prepare_data(out_dir, corpus=None, word_budget="10M", seq_len=128, vocab_siz
     files = read_corpus(corpus, max_words)
     docs = [d for _, _, ds in files for d in ds]
     sources = [s for s, _, ds in files for _ in ds]
-    doc_words = [count_words(d) for d in docs]
+    file_words = [[count_words(d) for d in ds] for _, _, ds in files]
+    doc_words = [w for ws in file_words for w in ws]
     total = sum(doc_words)
     if total > budget:
         raise ValueError(f"corpus has {total:,} words, over the word budget of {budget:,} ({word_budget}); "
@@ -77,21 +78,22 @@ def prepare_data(out_dir, corpus=None, word_budget="10M", seq_len=128, vocab_siz
             shutil.move(old_cache, tmp / "cache")
         tokenizer = train_tokenizer((docs[i] for i in split_ids["train"]), vocab_size)
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        flat, offsets = tokenize_documents(docs, tokenizer, tmp / "cache", num_proc)
+        tok_hash = tokenizer_hash(tokenizer)
+        flat, offsets = tokenize_documents(docs, tokenizer, tok_hash, tmp / "cache", num_proc)
         by_source = Counter()
         for s, w in zip(sources, doc_words):
             by_source[s] += w
         meta = {
             "format_version": FORMAT_VERSION, "corpus": "embedded" if corpus is None else str(corpus),
-            "tokenizer_hash": tokenizer_hash(tokenizer), "seq_len": seq_len, "vocab_size": len(tokenizer),
-            "vocab_size_requested": vocab_size, "special_tokens": {"pad": 0, "bos": 1, "eos": 2},
+            "tokenizer_hash": tok_hash, "seq_len": seq_len, "vocab_size": len(tokenizer),
+            "vocab_size_requested": vocab_size, "special_tokens": {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID},
             "dtype": "uint16", "byte_order": "little", "seed": seed, "dev_fraction": dev_fraction,
             "word_budget": budget, "max_words": max_words, "word_count": total,
             "word_count_by_source": dict(sorted(by_source.items())),
             "num_documents": len(docs), "num_tokens_total": int(offsets[-1]),
             "tokens_per_word": round(float(offsets[-1]) / max(total, 1), 4),
-            "files": [{"name": n, "source": s, "documents": len(ds), "words": sum(map(count_words, ds))}
-                      for s, n, ds in files],
+            "files": [{"name": n, "source": s, "documents": len(ds), "words": sum(ws)}
+                      for (s, n, ds), ws in zip(files, file_words)],
             "splits": {},
         }
         for name, ids in split_ids.items():
