@@ -18,12 +18,12 @@ import torch
 import torch.distributed as dist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "launchers")]
+sys.path.insert(0, ROOT)
 
 from babylm_ds.cache import TeacherCache, combined_logits, load_teacher, normalise_weights  # noqa: E402
 from babylm_ds.losses import TAIL_MODES, hidden_mse, kd_loss, kd_loss_full  # noqa: E402
+from babylm_ds.models import model_from_arg, parse_overrides  # noqa: E402
 from babylm_ds.training import Trainer, add_train_args, build_ds_config, init_distributed  # noqa: E402
-from pretrain import build, parse_overrides  # noqa: E402
 
 # Defaults a preset fills in (flags still override). The teachers (trained HF dirs of the model presets
 # named in each comment) come from --teachers or are baked into --teacher-cache.
@@ -181,7 +181,7 @@ def main(argv=None):
     cache = open_cache(args.teacher_cache, meta, len(train_ds)) if args.teacher_cache else None
     rank, world = init_distributed(args.dist_timeout)
     torch.manual_seed(args.seed)  # identical student init on every rank
-    student = build(args.model, meta["vocab_size"], parse_overrides(args.model_config))
+    student = model_from_arg(args.model, meta["vocab_size"], parse_overrides(args.model_config))
     if cache is not None:
         loss_fn, frozen = offline_loss(args, cache), ()
     else:

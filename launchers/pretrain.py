@@ -4,40 +4,13 @@
   torchrun --nproc_per_node 2 launchers/pretrain.py ...      python launchers/pretrain.py ...  (one process)
 """
 import argparse
-import os
 import sys
 
 import torch
 
 from babylm_ds.data import PackedDataset, load_meta, load_tokenizer
+from babylm_ds.models import model_from_arg, parse_overrides
 from babylm_ds.training import Trainer, add_train_args, init_distributed
-
-
-def parse_overrides(pairs):
-    """`key=value` model-config overrides; values parsed as int, float, bool or kept as strings."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--model-config expects key=value, got {pair!r}")
-        for cast in (int, float, {"true": True, "false": False}.__getitem__):
-            try:
-                value = cast(value)
-                break
-            except (ValueError, KeyError):
-                pass
-        out[key] = value
-    return out
-
-
-def build(name, vocab_size, overrides):
-    import babylm_ds.models as models
-    from transformers import AutoModelForCausalLM
-    if os.path.isdir(name):
-        return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **overrides)
-    if name not in models.PRESETS:
-        raise SystemExit(f"--model {name!r}: not a directory nor a preset ({', '.join(models.preset_names())})")
-    return models.build_model(name, vocab_size=vocab_size, **overrides)
 
 
 def main(argv=None):
@@ -49,7 +22,7 @@ def main(argv=None):
     try:
         meta, tokenizer = load_meta(args.data), load_tokenizer(args.data)
         torch.manual_seed(args.seed)  # identical init on every rank
-        model = build(args.model, meta["vocab_size"], parse_overrides(args.model_config))
+        model = model_from_arg(args.model, meta["vocab_size"], parse_overrides(args.model_config))
         trainer = Trainer(args, model, PackedDataset(args.data, "train"), PackedDataset(args.data, "dev"), tokenizer)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None

@@ -1,11 +1,8 @@
 """Load a model to evaluate: an HF causal-LM dir, a training output dir, or a DeepSpeed checkpoint."""
-import importlib.util
 import json
 import os
 
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _has(d, name):
@@ -47,11 +44,9 @@ def _empty_model(ckpt_dir):
     with open(os.path.join(run_dir, "args.json")) as f:
         run = json.load(f)
     from babylm_ds.data import load_meta
+    from babylm_ds.models import model_from_arg, parse_overrides
 
-    spec = importlib.util.spec_from_file_location("_pretrain", os.path.join(ROOT, "launchers", "pretrain.py"))
-    pretrain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pretrain)
-    model = pretrain.build(run["model"], load_meta(run["data"])["vocab_size"], pretrain.parse_overrides(run["model_config"]))
+    model = model_from_arg(run["model"], load_meta(run["data"])["vocab_size"], parse_overrides(run["model_config"]))
     return model, os.path.join(run["data"], "tokenizer")
 
 

@@ -3,9 +3,10 @@
 `python -m babylm_ds.models.zoo` prints every preset with its parameter count (built on the meta device).
 """
 import argparse
+import os
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from babylm_ds.models.babyhgrn import BabyHGRNConfig, BabyHGRNForCausalLM
 
@@ -67,6 +68,32 @@ def build_model(name: str, vocab_size: int = 16000, **overrides):
 def count_parameters(model) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def parse_overrides(pairs):
+    """`key=value` model-config overrides; values parsed as int, float, bool or kept as strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--model-config expects key=value, got {pair!r}")
+        for cast in (int, float, {"true": True, "false": False}.__getitem__):
+            try:
+                value = cast(value)
+                break
+            except (ValueError, KeyError):
+                pass
+        out[key] = value
+    return out
+
+
+def model_from_arg(name, vocab_size, overrides):
+    """The model a launcher's --model names: a saved HF directory, or a preset built for `vocab_size`."""
+    if os.path.isdir(name):
+        return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **overrides)
+    if name not in PRESETS:
+        raise SystemExit(f"--model {name!r}: not a directory nor a preset ({', '.join(preset_names())})")
+    return build_model(name, vocab_size=vocab_size, **overrides)
 
 
 def main(argv=None):
