@@ -255,7 +255,7 @@ static void fwd_task(const Args<S>& a, int bh, int v0, int vt) {
 template <typename S>
 static void bwd_task(const Args<S>& a, int bh) {
   const int T = a.T, H = a.H, K = a.K, V = a.V, bb = bh / H, h = bh % H;
-  const int NC = (T + kChunk - 1) / kChunk, C = kChunk;
+  const int NC = num_chunks(T), C = kChunk;
   const long baseK = ((long)bb * T * H + h) * K, baseV = ((long)bb * T * H + h) * V;
   const long sK = (long)H * K, sV = (long)H * V;
   const size_t KV = (size_t)K * V;

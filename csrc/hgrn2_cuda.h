@@ -2,6 +2,8 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include "hgrn2_common.h"
+
 namespace hgrn2_cuda {
 
 enum Dtype { kF32 = 0, kBF16 = 1, kF16 = 2 };
@@ -12,7 +14,7 @@ struct Problem {
   int dtype;  // Dtype of q, k, v, g, o, do, dq, dk, dv
 };
 
-inline int num_chunks(int T) { return (T + 63) / 64; }
+using hgrn2::num_chunks;
 
 // o = HGRN2(q, k, v, g); states [B, H, NC + 1, K, V] fp32 receives every chunk-start state and the
 // final state. h0 may be null. Returns null or an error message.

@@ -88,8 +88,8 @@ def _check(q, k, v, g, state, step):
                          "up to the last dim")
     if not step and q.shape[1] == 0:
         raise ValueError("q, k, v, g have an empty time dimension (T = 0)")
-    lo, hi = torch.aminmax(g)  # one pass; NaN fails both comparisons
-    if not (lo > float("-inf") and hi <= 0):
+    lo, hi = torch.aminmax(g)  # one pass and one device sync; NaN fails both comparisons
+    if not bool((lo > float("-inf")) & (hi <= 0)):
         raise ValueError("g must be finite and <= 0 (it is the log of the forget gate)")
     if state is not None:
         name = "state" if step else "initial_state"

@@ -96,17 +96,19 @@ def _prepare(q, k, v, g):
     q, k, v, g = (_chunks(x, N) for x in (q, k, v, g))
     gc = g.cumsum(-2)
     gl = gc[..., -1, :]  # [B, H, N, K] log decay of the whole chunk
-    return q, k, v, gc, gl, q * gc.exp(), k * (gl[..., None, :] - gc).exp()
+    eb, ed = gc.exp(), (gl[..., None, :] - gc).exp()  # decay from the chunk start / to the chunk end
+    return q, k, v, gc, gl, eb, ed
 
 
 class ChunkHGRN2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, scale, initial_state, output_final_state):
         T = q.shape[1]
-        qc, kc, vc, gc, gl, qe, ke = _prepare(q, k, v, g)
+        qc, kc, vc, gc, gl, eb, ed = _prepare(q, k, v, g)
+        ke = kc * ed
         h, S = _scan(ke.transpose(-1, -2) @ vc, gl.exp(), _zero_state(ke, vc, initial_state))
         intra = _Intra(gc)
-        o = scale * (qe @ h + intra.P(qc, kc) @ vc)
+        o = scale * ((qc * eb) @ h + intra.P(qc, kc) @ vc)
         ctx.save_for_backward(q, k, v, g, initial_state)
         ctx.scale = scale
         return _unchunk(o, T).to(q.dtype), (S if output_final_state else None)
@@ -115,23 +117,22 @@ class ChunkHGRN2(torch.autograd.Function):
     def backward(ctx, do, dht):
         q, k, v, g, h0 = ctx.saved_tensors
         scale, T = ctx.scale, q.shape[1]
-        qc, kc, vc, gc, gl, qe, ke = _prepare(q, k, v, g)
-        decay = gl.exp()
+        qc, kc, vc, gc, gl, eb, ed = _prepare(q, k, v, g)
+        ke, decay = kc * ed, gl.exp()
         h, S = _scan(ke.transpose(-1, -2) @ vc, decay, _zero_state(ke, vc, h0))
         doc = _chunks(do, qc.shape[2])
         intra = _Intra(gc)
         P = intra.P(qc, kc)
         dP = scale * (doc @ vc.transpose(-1, -2)).tril()
         dq, dk = intra.grads(qc, kc, dP)
-        dq = dq + scale * (doc @ h.transpose(-1, -2)) * gc.exp()
+        dq = dq + scale * (doc @ h.transpose(-1, -2)) * eb
         # dh[:, :, n]: gradient w.r.t. the state leaving chunk n; dS ends as the gradient of h0
         dS = torch.zeros_like(S) if dht is None else dht.to(S.dtype)
-        dh, dS = _scan(scale * qe.transpose(-1, -2) @ doc, decay, dS, reverse=True)
-        dk = dk + (vc @ dh.transpose(-1, -2)) * (gl[..., None, :] - gc).exp()
+        dh, dS = _scan(scale * (qc * eb).transpose(-1, -2) @ doc, decay, dS, reverse=True)
+        dk = dk + (vc @ dh.transpose(-1, -2)) * ed
         dv = scale * P.transpose(-1, -2) @ doc + ke @ dh
-        dG = _unchunk(qc * dq - kc * dk, T)
+        dG = _unchunk(qc * dq - kc * dk, T)  # a view of a fresh tensor: safe to update in place
         if dht is not None:
-            dG = dG.clone()
             dG[:, -1] += (S * dht).sum(-1)
         dg = dG.flip(1).cumsum(1).flip(1)
         dq, dk, dv = (_unchunk(x, T) for x in (dq, dk, dv))
