@@ -62,18 +62,22 @@ def _reduce(kl, reduction):
     raise ValueError(f"reduction must be 'token' or 'batchmean', got {reduction!r}")
 
 
+def _bucketed(log_p, ids):
+    """A full log-distribution [..., V] as k+1 categories: the ids' log-probs, then the tail's."""
+    kept = torch.zeros_like(log_p, dtype=torch.bool).scatter_(-1, ids, True)
+    log_tail = log_p.masked_fill(kept, float("-inf")).logsumexp(-1, keepdim=True)
+    return torch.cat([log_p.gather(-1, ids), log_tail], -1)
+
+
 def topk_kl(student_logits, ids, logprobs, tail, temperature=2.0, tail_mode="uniform"):
     """KL(teacher_T ‖ student_T) per position [B, T] over the k cached ids + the tail bucket."""
     V, k = student_logits.shape[-1], ids.shape[-1]
     log_s = F.log_softmax(student_logits.float() / temperature, -1)
     log_q = tempered_teacher(logprobs, tail, temperature, V, tail_mode)
     ids = ids.long()
-    log_s_k = log_s.gather(-1, ids)
-    if k == V:  # no tail: the kept ids are the whole vocabulary
-        return _kl_terms(log_q[..., :k], log_s_k)
-    kept = torch.zeros_like(log_s, dtype=torch.bool).scatter_(-1, ids, True)
-    log_s_tail = log_s.masked_fill(kept, float("-inf")).logsumexp(-1, keepdim=True)
-    return _kl_terms(log_q, torch.cat([log_s_k, log_s_tail], -1))
+    if k == V:  # no tail (a logsumexp over no ids would give NaN gradients)
+        return _kl_terms(log_q[..., :k], log_s.gather(-1, ids))
+    return _kl_terms(log_q, _bucketed(log_s, ids))
 
 
 def full_kl(student_logits, teacher_logits, temperature=2.0):
@@ -119,11 +123,9 @@ def cache_kl(teacher_logits, ids, logprobs, tail, temperature=1.0, tail_mode="un
     log_p = F.log_softmax(teacher_logits.float() / temperature, -1)
     log_q = tempered_teacher(logprobs, tail, temperature, V, tail_mode)
     ids = ids.long()
-    kept = torch.zeros_like(log_p, dtype=torch.bool).scatter_(-1, ids, True)
-    log_p_tail = log_p.masked_fill(kept, float("-inf")).logsumexp(-1, keepdim=True)
-    coarse = _kl_terms(torch.cat([log_p.gather(-1, ids), log_p_tail], -1), log_q)
+    coarse = _kl_terms(_bucketed(log_p, ids), log_q).mean().item()
     if k == V:
-        return coarse.mean().item(), coarse.mean().item()
+        return coarse, coarse
     spread = log_q[..., k:] - torch.log(torch.tensor(float(V - k)))
     log_q_full = spread.expand_as(log_p).scatter(-1, ids, log_q[..., :k])
-    return _kl_terms(log_p, log_q_full).mean().item(), coarse.mean().item()
+    return _kl_terms(log_p, log_q_full).mean().item(), coarse
