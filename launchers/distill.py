@@ -126,10 +126,10 @@ def online_loss(args, teachers, weights, layer_map):
     return loss_fn
 
 
-def shard_teachers(teachers, args, world):
-    """ZeRO-3: wrap each frozen teacher in an optimizer-less DeepSpeed engine so its weights are sharded."""
+def shard_teachers(teachers, args, cfg):
+    """ZeRO-3: wrap each frozen teacher in an optimizer-less DeepSpeed engine (batch sizes and bf16 from
+    the student's DeepSpeed config `cfg`) so its weights are sharded."""
     import deepspeed
-    cfg = build_ds_config(args, world)
     tcfg = {k: cfg[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")}
     tcfg.update(zero_optimization={"stage": 3}, bf16=cfg.get("bf16", {"enabled": False}), steps_per_print=10**9)
     engines = [deepspeed.initialize(model=t, config=tcfg)[0] for t in teachers]
@@ -168,8 +168,9 @@ def online_teachers(args, student, world):
         student.kd_proj = torch.nn.ModuleList(torch.nn.Linear(s_cfg.hidden_size, t_cfg.hidden_size, bias=False)
                                               for _ in layer_map)
         student.export_exclude = ("kd_proj.",)  # trained with the student, not part of the exported model
-    if build_ds_config(args, world).get("zero_optimization", {}).get("stage", 0) == 3:
-        return shard_teachers(teachers, args, world), (), weights, layer_map
+    cfg = build_ds_config(args, world)
+    if cfg.get("zero_optimization", {}).get("stage", 0) == 3:
+        return shard_teachers(teachers, args, cfg), (), weights, layer_map
     return teachers, teachers, weights, layer_map
 
 

@@ -4,6 +4,8 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from .zeroshot import model_device
+
 
 @torch.no_grad()
 def perplexity(model, data_dir, split="dev", batch_size=16, max_seqs=None, device=None, progress=False):
@@ -14,7 +16,7 @@ def perplexity(model, data_dir, split="dev", batch_size=16, max_seqs=None, devic
     n = len(ds) if max_seqs is None else min(len(ds), max_seqs)
     if n == 0:
         raise ValueError(f"split {split!r} of {data_dir} has no sequences")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     total, count = 0.0, 0
     was_training = model.training
     model.eval()

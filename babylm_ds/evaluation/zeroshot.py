@@ -18,7 +18,8 @@ def bos_id(model, tokenizer):
     raise ValueError("tokenizer and model config define no BOS (or EOS) token to condition on")
 
 
-def _device(model, device):
+def model_device(model, device=None):
+    """`device`, or the device the model's parameters are on."""
     return torch.device(device) if device is not None else next(model.parameters()).device
 
 
@@ -38,7 +39,7 @@ def score_texts(model, tokenizer, texts, batch_size=64, device=None, progress=Fa
     conts = enc([c for _, c in texts])
     seqs = [[bos] + p + c for p, c in zip(prefixes, conts)]
     starts = [1 + len(p) for p in prefixes]
-    device = _device(model, device)
+    device = model_device(model, device)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     scores = [0.0] * len(seqs)
     was_training = model.training

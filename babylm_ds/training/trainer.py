@@ -108,7 +108,7 @@ class Trainer:
         path, client = self.engine.load_checkpoint(load_dir)
         if path is None:
             raise SystemExit(f"--resume {load_dir}: loading the checkpoint failed")
-        want = {"world_size": self.world, "micro": self.micro, "accum": self.accum, "seed": self.args.seed}
+        want = self._identity()
         got = {k: client.get(k) for k in want}
         if got != want:
             raise SystemExit(f"--resume {load_dir}: checkpoint was written with {got}, this run has {want}; "
@@ -200,9 +200,12 @@ class Trainer:
         dist.barrier()
         self.watchdog.beat()
 
+    def _identity(self):
+        """What a checkpoint must share with this run for --resume to continue it exactly."""
+        return {"world_size": self.world, "micro": self.micro, "accum": self.accum, "seed": self.args.seed}
+
     def save(self, step):
-        client = {"step": step, "world_size": self.world, "micro": self.micro, "accum": self.accum,
-                  "seed": self.args.seed}
+        client = {"step": step, **self._identity()}
         self.engine.save_checkpoint(self.ckpt_dir, tag=f"step{step}", client_state=client)
         self.watchdog.beat()
 
