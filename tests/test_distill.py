@@ -16,15 +16,14 @@ import torch
 from babylm_ds.cache import TeacherCache, verify
 from babylm_ds.training.dist import free_port
 from babylm_ds.utils.io import sha256_file
+from launch import LAUNCH_ENV, ROOT, read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 MICRO_LLAMA = dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=2,
                    num_key_value_heads=2)
 STUDENT = ["--model", "llama-tiny", "--model-config", *[f"{k}={v}" for k, v in MICRO_LLAMA.items()],
            "--micro-batch", "4", "--lr", "1e-2", "--warmup-steps", "2", "--log-every", "1", "--dist-timeout", "60",
            "--dev-max-seqs", "8"]
-ENV = {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))}
+ENV = {**LAUNCH_ENV, "TOKENIZERS_PARALLELISM": "false"}
 
 
 def run(cmd, log, timeout=300, **env):
@@ -42,11 +41,6 @@ def run(cmd, log, timeout=300, **env):
 
 def ok(rc_seconds, log):
     assert rc_seconds[0] == 0, Path(log).read_text()[-4000:]
-
-
-def metrics(out, key):
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    return {r["step"]: r[key] for r in rows if key in r}
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +154,7 @@ def test_zero2_offline_kd_falls_and_resumes_exactly(micro, tiny_data_dir, tmp_pa
         return run(cmd, f"{out}.log", **(env or {}))
     full, crash = tmp_path / "full", tmp_path / "crash"
     ok(launch(full), f"{full}.log")
-    kd = metrics(full, "train/kd")
+    kd = read_metrics(full, "train/kd")
     assert sorted(kd) == list(range(1, 9))
     assert kd[7] + kd[8] < 0.95 * (kd[1] + kd[2]), kd
     assert (full / "final" / "model.safetensors").exists()
@@ -168,7 +162,7 @@ def test_zero2_offline_kd_falls_and_resumes_exactly(micro, tiny_data_dir, tmp_pa
     assert rc != 0 and (crash / "checkpoints" / "latest").read_text().strip() == "step4"
     ok(launch(crash, "--resume"), f"{crash}.log")
     for key in ("train/loss", "train/ce", "train/kd"):
-        assert metrics(crash, key) == metrics(full, key), key
+        assert read_metrics(crash, key) == read_metrics(full, key), key
 
 
 @pytest.mark.slow
@@ -186,7 +180,7 @@ def test_online_zero3_teachers_sharded_with_deep_supervision(micro, tiny_data_di
     assert len(held) == 4, log[-3000:]
     for _, mine, total in held:
         assert 0 < int(mine.replace(",", "")) <= int(total.replace(",", "")) // 2 + 64
-    hidden = metrics(out, "train/hidden")
+    hidden = read_metrics(out, "train/hidden")
     assert len(hidden) == 6 and hidden[6] < hidden[1]
     from safetensors import safe_open
     with safe_open(str(out / "final" / "model.safetensors"), "pt") as f:

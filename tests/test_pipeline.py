@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from launch import ROOT
+
 PIPELINE = [sys.executable, str(ROOT / "launchers" / "pipeline.py")]
 TINY = ["--max-words", "20000", "--vocab-size", "500", "--seq-len", "64", "--steps", "3", "--micro-batch", "4",
         "--k", "8", "--eval-limit", "1", "--eval-tasks", "blimp,supplement,ewok"]

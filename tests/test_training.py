@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from babylm_ds.training import ResumableSampler, add_train_args, build_ds_config, build_scheduler, lr_factor
 from babylm_ds.training.dist import free_port
+from launch import LAUNCH_ENV, ROOT, read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = str(ROOT / "launchers" / "pretrain.py")
 TINY = ["--model", "llama-tiny", "--model-config", "num_hidden_layers=2", "--micro-batch", "4", "--lr", "3e-3",
         "--warmup-steps", "2", "--dist-timeout", "60", "--log-every", "1"]
@@ -30,9 +30,7 @@ def _args(*argv):
 
 def _start(launcher, out, *extra, env=None, log=None):
     """Start `launcher ... pretrain.py` on the tiny model, logging to `log` (default OUT.log)."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions")),
-           **(env or {})}
+    env = {**os.environ, **LAUNCH_ENV, **(env or {})}
     with open(log or f"{out}.log", "w") as f:
         return subprocess.Popen([*launcher, PRETRAIN, *TINY, "--out", str(out), *extra], stdout=f,
                                 stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
@@ -55,11 +53,6 @@ def _launch(launcher, out, *extra, timeout=300, env=None):
 
 def _ok(rc, out):
     assert rc == 0, Path(f"{out}.log").read_text()[-4000:]
-
-
-def _metrics(out, key="train/loss"):
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    return {r["step"]: r[key] for r in rows if key in r}
 
 
 def _dev_loss(model, data):
@@ -165,7 +158,7 @@ def test_zero2_kill_and_resume_is_exact(tiny_data_dir, tmp_path):
               "--max-steps", "8", "--save-every", "4", "--eval-every", "4", "--grad-accum", "2"]
     full, crash = tmp_path / "full", tmp_path / "crash"
     _ok(_launch(DEEPSPEED, full, *common)[0], full)
-    losses = _metrics(full)
+    losses = read_metrics(full, "train/loss")
     assert sorted(losses) == list(range(1, 9))
     assert sum(list(losses.values())[-2:]) < sum(list(losses.values())[:2]) - 0.5
     _check_export(full, tiny_data_dir)
@@ -175,10 +168,10 @@ def test_zero2_kill_and_resume_is_exact(tiny_data_dir, tmp_path):
     assert rc != 0 and seconds < 120
     assert "made no progress for 20s" in Path(f"{crash}.log").read_text()
     assert (crash / "checkpoints" / "latest").read_text().strip() == "step4"
-    assert max(_metrics(crash)) == 6  # rank 1 stalled once 6 steps were done
+    assert max(read_metrics(crash, "train/loss")) == 6  # rank 1 stalled once 6 steps were done
     _ok(_launch(TORCHRUN, crash, *common, "--resume")[0], crash)
-    assert _metrics(crash) == losses  # steps 5..8 bit-identical (1..4 kept from before the crash)
-    assert _metrics(crash, "dev/loss") == _metrics(full, "dev/loss")
+    assert read_metrics(crash, "train/loss") == losses  # steps 5..8 bit-identical (1..4 kept from before the crash)
+    assert read_metrics(crash, "dev/loss") == read_metrics(full, "dev/loss")
 
 
 @pytest.mark.slow
@@ -195,7 +188,7 @@ def test_zero3_two_nodes_without_ssh(tiny_data_dir, tmp_path):
     for node, run in enumerate(runs):
         log = f"{out}-node{node}.log"
         assert _finish(run, log) == 0, Path(log).read_text()[-4000:]
-    losses = list(_metrics(out).values())
+    losses = list(read_metrics(out, "train/loss").values())
     assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2]) - 0.5
     summary = _check_export(out, tiny_data_dir)
     assert summary["world_size"] == 2 and summary["steps"] == 8
