@@ -43,6 +43,11 @@ def shard_name(start, end):
     return f"{SHARD_DIR}/{start:09d}-{end:09d}.bin"
 
 
+def sidecar_name(start, end):
+    """The writer's per-shard JSON beside `shard_name(start, end)`."""
+    return f"{SHARD_DIR}/{start:09d}-{end:09d}.json"
+
+
 def load_manifest(cache_dir):
     path = os.path.join(cache_dir, MANIFEST)
     if not os.path.isfile(path):

@@ -17,7 +17,7 @@ import torch
 from babylm_ds.losses import TAIL_MODES, cache_kl
 from babylm_ds.utils.io import atomic_path, atomic_write_json, sha256_file
 
-from .format import FORMAT_VERSION, MANIFEST, SHARD_DIR, config_sha, record_dtype, shard_name, shard_ranges
+from .format import FORMAT_VERSION, MANIFEST, SHARD_DIR, config_sha, record_dtype, shard_name, shard_ranges, sidecar_name
 from .reader import TeacherCache
 
 _events = 0
@@ -48,7 +48,7 @@ def _batch(dataset, start, end, device):
 
 
 def _shard_done(out_dir, start, end, csha, size):
-    side = os.path.join(out_dir, shard_name(start, end)[:-4] + ".json")
+    side = os.path.join(out_dir, sidecar_name(start, end))
     path = os.path.join(out_dir, shard_name(start, end))
     if not (os.path.isfile(side) and os.path.isfile(path)):
         return False
@@ -73,7 +73,7 @@ def write_shard(out_dir, dataset, start, end, teacher_fn, config, batch_size, de
     _fault_point()
     entry = {"path": name, "start": start, "end": end, "size": (end - start) * dtype.itemsize,
              "sha256": h.hexdigest(), "config_sha": config_sha(config)}
-    atomic_write_json(os.path.join(out_dir, name[:-4] + ".json"), entry)
+    atomic_write_json(os.path.join(out_dir, sidecar_name(start, end)), entry)
     _fault_point()
     return entry
 
@@ -119,7 +119,7 @@ def write_cache(out_dir, dataset, config, teacher_fn, batch_size=8, rank=0, worl
         return None
     shards = []
     for start, end in ranges:
-        with open(os.path.join(out_dir, shard_name(start, end)[:-4] + ".json")) as f:
+        with open(os.path.join(out_dir, sidecar_name(start, end))) as f:
             entry = json.load(f)
         if entry["config_sha"] != csha:
             raise RuntimeError(f"shard {entry['path']} was written for another config; rerun to redo it")
