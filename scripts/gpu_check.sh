@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU validation on a CUDA machine with torch + Triton: build `babylm_ds._C` for this GPU in place,
 # run every gpu-marked test, then the kernel benchmark (fp32 default grid; bf16 at B8 H16).
-# Usage: GIT_COMMIT=<sha> bash scripts/gpu_check.sh OUTDIR    (writes <= 7 files into OUTDIR)
+# Usage: GIT_COMMIT=<sha> [BENCH="fp32 bf16"] bash scripts/gpu_check.sh OUTDIR   (<= 7 files in OUTDIR)
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR}
 mkdir -p "$out"
@@ -19,6 +19,7 @@ echo "build_ext: $(( $(date +%s) - start )) s" | tee -a "$out/gpu_env.txt"
 python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_ops_ext.py tests/test_ops.py tests/test_models.py \
   2>&1 | tee "$out/gpu_tests.log" | tail -25
 tag=$(python3 -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '_', torch.cuda.get_device_name()).strip('_').lower())")
-python3 benchmarks/kernels.py --repeats 20 --out "$out/kernels_${tag}_fp32.json" | tail -32
-python3 benchmarks/kernels.py --dtype bfloat16 --B 8 --H 16 --T 1024 4096 16384 --repeats 20 \
-  --out "$out/kernels_${tag}_bf16.json" | tail -20
+bench=${BENCH:-fp32 bf16}
+[[ $bench == *fp32* ]] && python3 benchmarks/kernels.py --repeats 20 --out "$out/kernels_${tag}_fp32.json" | tail -32
+[[ $bench == *bf16* ]] && python3 benchmarks/kernels.py --dtype bfloat16 --B 8 --H 16 --T 1024 4096 16384 \
+  --repeats 10 --out "$out/kernels_${tag}_bf16.json" | tail -20
