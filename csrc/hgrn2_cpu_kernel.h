@@ -38,25 +38,69 @@ static inline void mm_rows(S* __restrict__ C, long ldc, const S* __restrict__ A,
     for (int l = 0; l < NV; ++l) *(V*)(C + (i + r) * ldc + l * W) = c0[r][l];
 }
 
+// Software prefetch of the next chunk's rows while this chunk computes: step() issues a share of the
+// queued cache lines once per register row-block of mm(), so that the misses overlap the FMAs instead
+// of stalling on full miss queues. The [B, T, H, *] layout puts one head's rows H x K apart, a stride
+// that the hardware prefetchers do not follow across pages.
+template <typename S>
+class Prefetcher {
+ public:
+  void add(const S* p, long ld, int rows, int w, bool write) {
+    list_[n_++] = {p, ld, rows, w, write};
+    lines_ += rows * ((w + kLine - 1) / kLine);
+  }
+  // Spread this chunk's lines evenly over as many steps as the previous chunk took.
+  void step() { ++steps_, issue(last_ ? (lines_ + last_ - 1) / last_ : 16); }
+  // Issue what is left and empty the queue (call at each chunk start, before add()).
+  void restart() {
+    issue(lines_);
+    n_ = b_ = r_ = c_ = lines_ = 0;
+    last_ = steps_, steps_ = 0;
+  }
+
+ private:
+  static constexpr int kLine = 64 / sizeof(S);
+  struct Rows {
+    const S* p;
+    long ld;
+    int rows, w;
+    bool write;
+  };
+  void issue(int lines) {
+    for (; lines > 0 && b_ < n_; --lines) {
+      const Rows& x = list_[b_];
+      const S* a = x.p + r_ * x.ld + c_;
+      x.write ? __builtin_prefetch(a, 1, 2) : __builtin_prefetch(a, 0, 2);
+      if ((c_ += kLine) >= x.w && (c_ = 0, ++r_ == x.rows)) r_ = 0, ++b_;
+    }
+  }
+  Rows list_[9];
+  int n_ = 0, b_ = 0, r_ = 0, c_ = 0, lines_ = 0, steps_ = 0, last_ = 0;
+};
+
 template <typename S, int W, int NV, Band band, bool AT>
 static inline void mm_tile(S* __restrict__ C, long ldc, const S* __restrict__ A, long lda, const S* __restrict__ B,
-                           long ldb, int m, int n, bool acc) {
+                           long ldb, int m, int n, bool acc, Prefetcher<S>* pf) {
   constexpr int R = W > 1 && NV < 4 ? 8 : 4;  // up to 16 vector accumulators
   int i = 0;
-  for (; i + R <= m; i += R) mm_rows<S, W, NV, R, band, AT>(C, ldc, A, lda, B, ldb, i, n, acc);
+  for (; i + R <= m; i += R) {
+    mm_rows<S, W, NV, R, band, AT>(C, ldc, A, lda, B, ldb, i, n, acc);
+    if (pf) pf->step();
+  }
   for (; i < m; ++i) mm_rows<S, W, NV, 1, band, AT>(C, ldc, A, lda, B, ldb, i, n, acc);
 }
 
 // C[m, w] (+)= A[m, n] B[n, w] (row strides ldc, lda, ldb; A stored transposed if AT), in column
-// tiles of 4, 2 and 1 64-byte vectors, then single columns.
+// tiles of 4, 2 and 1 64-byte vectors, then single columns; steps pf (if any) once per row-block.
 template <typename S, Band band = kFull, bool AT = false>
-static void mm(S* C, long ldc, const S* A, long lda, const S* B, long ldb, int m, int n, int w, bool acc) {
+static void mm(S* C, long ldc, const S* A, long lda, const S* B, long ldb, int m, int n, int w, bool acc,
+               Prefetcher<S>* pf = nullptr) {
   constexpr int W = 64 / sizeof(S);
   int x = 0;
-  for (; x + 4 * W <= w; x += 4 * W) mm_tile<S, W, 4, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc);
-  for (; x + 2 * W <= w; x += 2 * W) mm_tile<S, W, 2, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc);
-  for (; x + W <= w; x += W) mm_tile<S, W, 1, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc);
-  for (; x < w; ++x) mm_tile<S, 1, 1, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc);
+  for (; x + 4 * W <= w; x += 4 * W) mm_tile<S, W, 4, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc, pf);
+  for (; x + 2 * W <= w; x += 2 * W) mm_tile<S, W, 2, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc, pf);
+  for (; x + W <= w; x += W) mm_tile<S, W, 1, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc, pf);
+  for (; x < w; ++x) mm_tile<S, 1, 1, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc, pf);
 }
 
 #ifdef HGRN2_AVX512
@@ -103,27 +147,45 @@ static void transpose(S* __restrict__ dst, long ldd, const S* __restrict__ src, 
     for (int c = r < rb ? cb : 0; c < cols; ++c) dst[c * ldd + r] = s * src[r * lds + c];
 }
 
+// Decay products exp(b_i - b_j) of a chunk come from its stored exp(b) and exp(-b), one exp and one
+// division per element instead of an exp per product, when b >= -kFactorSpan in every column (then
+// neither factor leaves the normal fp32 range); otherwise each product is its own exp.
+constexpr float kFactorSpan = 80.0f;
+
 // One chunk's buffers: [kChunk, K] rows unless noted.
 template <typename S>
 struct Chunk {
+  const int K;
   std::vector<S> mem;
-  S *q, *k, *b, *eb, *ed, *qg, *kd, *ke, *kr;  // [kChunk, K]
-  S *qe, *qr, *qrT;                            // [kSub, K], qrT [K, kSub]
-  S *At, *dl, *dr;                             // A transposed [kChunk, kChunk], [K], [K]
+  S *q, *k, *b, *eb, *ib, *ed, *qg, *kd, *ke, *kr;  // [kChunk, K]; ib = 1 / eb
+  S *qe, *qr, *qrT;                                 // [kSub, K], qrT [K, kSub]
+  S *At, *dl, *dr;                                  // A transposed [kChunk, kChunk], [K], [K]
+  bool factor = false;                              // decays from eb, ib (see kFactorSpan)
+  Prefetcher<S> pf;                                 // the next chunk's rows, stepped by every mm() here
 
-  explicit Chunk(int K) : mem((9 * (size_t)kChunk + 3 * kSub) * K + kChunk * kChunk + 2 * K) {
+  explicit Chunk(int K_) : K(K_), mem((10 * (size_t)kChunk + 3 * kSub) * K + kChunk * kChunk + 2 * K) {
     S* p = mem.data();
     auto take = [&p](size_t n) { S* x = p; p += n; return x; };
     const size_t CK = (size_t)kChunk * K, SK = (size_t)kSub * K;
-    q = take(CK), k = take(CK), b = take(CK), eb = take(CK), ed = take(CK), qg = take(CK), kd = take(CK);
-    ke = take(CK), kr = take(CK), qe = take(SK), qr = take(SK), qrT = take(SK);
+    q = take(CK), k = take(CK), b = take(CK), eb = take(CK), ib = take(CK), ed = take(CK), qg = take(CK);
+    kd = take(CK), ke = take(CK), kr = take(CK), qe = take(SK), qr = take(SK), qrT = take(SK);
     At = take((size_t)kChunk * kChunk), dl = take(K), dr = take(K);
   }
 
+  // dst[c] = exp(b[late, c] - b[early, c]) for the chunk rows late >= early.
+  void decays(S* __restrict__ dst, int late, int early) const {
+    const size_t l = (size_t)late * K, e = (size_t)early * K;
+    if (factor)
+#pragma omp simd
+      for (int c = 0; c < K; ++c) dst[c] = eb[l + c] * ib[e + c];
+    else
+#pragma omp simd
+      for (int c = 0; c < K; ++c) dst[c] = decay(b[l + c], b[e + c]);
+  }
+
   // Load k and the cumulative log-decay b of chunk rows [t0, t0 + L); ed = exp(b_last - b), kd = k ed,
-  // dl = exp(b_last); with_q: also q, eb = exp(b), qg = scale q eb.
+  // dl = exp(b_last); with_q: also q, eb = exp(b), qg = scale q eb, and ib = 1 / eb where factor holds.
   void load(const Args<S>& a, long base, int t0, int L, bool with_q = true) {
-    const int K = a.K;
     const long st = (long)a.H * K;
     for (int i = 0; i < L; ++i) {
       const S* __restrict__ gs = a.g + base + (t0 + i) * st;
@@ -137,21 +199,22 @@ struct Chunk {
 #pragma omp simd
         for (int c = 0; c < K; ++c) bi[c] = bi[c - K] + gs[c];
     }
-    const S* __restrict__ bl = b + (size_t)(L - 1) * K;
+    const S* __restrict__ bl = b + (size_t)(L - 1) * K;  // b is non-increasing: the last row is its minimum
+    factor = with_q;
+    for (int c = 0; c < K; ++c) factor &= bl[c] >= -S(kFactorSpan);
     for (int c = 0; c < K; ++c) dl[c] = gexp(bl[c]);
+    if (with_q)
+#pragma omp simd
+      for (size_t e = 0; e < (size_t)L * K; ++e) {
+        eb[e] = gexp(b[e]);
+        ib[e] = S(1) / eb[e];
+        qg[e] = a.scale * q[e] * eb[e];
+      }
     for (int i = 0; i < L; ++i) {
       const size_t o = (size_t)i * K;
+      decays(ed + o, L - 1, i);
 #pragma omp simd
-      for (int c = 0; c < K; ++c) {
-        ed[o + c] = decay(bl[c], b[o + c]);
-        kd[o + c] = k[o + c] * ed[o + c];
-      }
-      if (with_q)
-#pragma omp simd
-        for (int c = 0; c < K; ++c) {
-          eb[o + c] = gexp(b[o + c]);
-          qg[o + c] = a.scale * q[o + c] * eb[o + c];
-        }
+      for (int c = 0; c < K; ++c) kd[o + c] = k[o + c] * ed[o + c];
     }
   }
 
@@ -161,7 +224,7 @@ struct Chunk {
   // is below kRefSpan in every column, else J = I0 and the keys inside I go pairwise.
   // block(I0, IL, J) runs after each sub-chunk with those reference products in place.
   template <typename F>
-  void intra(int K, int L, S scale, F&& block) {
+  void intra(int L, S scale, F&& block) {
     memset(At, 0, sizeof(S) * kChunk * kChunk);
     for (int I0 = 0; I0 < L; I0 += kSub) {
       const int IL = std::min(kSub, L - I0);
@@ -172,30 +235,26 @@ struct Chunk {
       const int J = ref ? I0 + IL : I0;
       for (int i = 0; i < IL; ++i) {
         const size_t o = (size_t)(I0 + i) * K, oi = (size_t)i * K;
+        decays(qe + oi, I0 + i, I0);
 #pragma omp simd
-        for (int c = 0; c < K; ++c) {
-          qe[oi + c] = decay(b[o + c], br[c]);
-          qr[oi + c] = q[o + c] * qe[oi + c];
-        }
+        for (int c = 0; c < K; ++c) qr[oi + c] = q[o + c] * qe[oi + c];
       }
       transpose(qrT, kSub, qr, K, IL, K, scale);
       // Keys before the previous sub-chunk rescale their decays from the previous reference by
       // dr = e^{b_I0 - b_{I0 - kSub}} (both factors <= 1); the others get theirs directly.
       const int Jd = std::max(I0 - kSub, 0);
-#pragma omp simd
-      for (int c = 0; c < K; ++c) dr[c] = decay(br[c], b[(size_t)Jd * K + c]);
+      decays(dr, I0, Jd);
       for (int j = 0; j < J; ++j) {
         const size_t o = (size_t)j * K;
         if (j < Jd)
 #pragma omp simd
           for (int c = 0; c < K; ++c) ke[o + c] *= dr[c];
         else
-#pragma omp simd
-          for (int c = 0; c < K; ++c) ke[o + c] = decay(br[c], b[o + c]);
+          decays(ke + o, I0, j);
 #pragma omp simd
         for (int c = 0; c < K; ++c) kr[o + c] = k[o + c] * ke[o + c];
       }
-      mm(At + I0, kChunk, kr, K, qrT, kSub, J, K, IL, false);
+      mm(At + I0, kChunk, kr, K, qrT, kSub, J, K, IL, false, &pf);
       for (int j = I0; j < I0 + IL; ++j) {
         S* __restrict__ Aj = At + (size_t)j * kChunk;
         for (int i = I0; i < j; ++i) Aj[i] = 0;
@@ -218,11 +277,12 @@ struct Chunk {
 
 // S[K, w] <- diag(dl) S + X^T R with X [L, K] and R [L, w] (row stride ldr).
 template <typename S>
-static void advance(S* st, long lds, const S* dl, const S* X, const S* R, long ldr, int K, int L, int w) {
+static void advance(S* st, long lds, const S* dl, const S* X, const S* R, long ldr, int K, int L, int w,
+                    Prefetcher<S>* pf) {
   for (int c = 0; c < K; ++c)
 #pragma omp simd
     for (int x = 0; x < w; ++x) st[c * lds + x] *= dl[c];
-  mm<S, kFull, true>(st, lds, X, K, R, ldr, K, L, w, true);
+  mm<S, kFull, true>(st, lds, X, K, R, ldr, K, L, w, true, pf);
 }
 
 // Forward for one (batch, head, value tile [v0, v0 + vt)).
@@ -240,11 +300,18 @@ static void fwd_task(const Args<S>& a, int bh, int v0, int vt) {
     const int L = std::min(kChunk, T - t0);
     const S* vc = a.v + baseV + t0 * sV;
     S* oc = a.o + baseV + t0 * sV;
+    ch.pf.restart();
+    if (const int Ln = std::min(kChunk, T - t0 - kChunk); Ln > 0) {
+      const long sK = (long)H * K, pk = baseK + (t0 + kChunk) * sK;
+      for (const S* x : {a.q, a.k, a.g}) ch.pf.add(x + pk, sK, Ln, K, false);
+      ch.pf.add(vc + kChunk * sV, sV, Ln, vt, false);
+      ch.pf.add(oc + kChunk * sV, sV, Ln, vt, true);
+    }
     ch.load(a, baseK, t0, L);
-    ch.intra(K, L, a.scale, [](int, int, int) {});
-    mm(oc, sV, ch.qg, K, st, vt, L, K, vt, false);
-    mm<S, kLower, true>(oc, sV, ch.At, kChunk, vc, sV, L, L, vt, true);
-    advance(st, vt, ch.dl, ch.kd, vc, sV, K, L, vt);
+    ch.intra(L, a.scale, [](int, int, int) {});
+    mm(oc, sV, ch.qg, K, st, vt, L, K, vt, false, &ch.pf);
+    mm<S, kLower, true>(oc, sV, ch.At, kChunk, vc, sV, L, L, vt, true, &ch.pf);
+    advance(st, vt, ch.dl, ch.kd, vc, sV, K, L, vt, &ch.pf);
   }
   if (a.ht)
     for (int c = 0; c < K; ++c) memcpy(a.ht + ((long)bh * K + c) * V + v0, st + (size_t)c * vt, sizeof(S) * vt);
@@ -273,11 +340,17 @@ static void bwd_task(const Args<S>& a, int bh) {
     const int t0 = n * C, L = std::min(C, T - t0);
     const S* __restrict__ src = states + KV * n;
     S* __restrict__ dst = states + KV * (n + 1);
+    ch.pf.restart();
+    if (const int Ln = std::min(C, T - t0 - C); Ln > 0) {
+      ch.pf.add(a.k + baseK + (t0 + C) * sK, sK, Ln, K, false);
+      ch.pf.add(a.g + baseK + (t0 + C) * sK, sK, Ln, K, false);
+      ch.pf.add(a.v + baseV + (t0 + C) * sV, sV, Ln, V, false);
+    }
     ch.load(a, baseK, t0, L, false);
     for (int x = 0; x < V; ++x)
 #pragma omp simd
       for (int c = 0; c < K; ++c) dst[x * K + c] = src[x * K + c] * ch.dl[c];
-    mm<S, kFull, true>(dst, K, a.v + baseV + t0 * sV, sV, ch.kd, K, V, L, K, true);
+    mm<S, kFull, true>(dst, K, a.v + baseV + t0 * sV, sV, ch.kd, K, V, L, K, true, &ch.pf);
   }
   const S* ST = states + KV * NC;
   for (int c = 0; c < K; ++c) {
@@ -295,30 +368,38 @@ static void bwd_task(const Args<S>& a, int bh) {
     const S *vc = a.v + baseV + t0 * sV, *doc = a.dout + baseV + t0 * sV;
     // dq, dk (row stride sK) and dv (sV) accumulate in place in the outputs.
     S *dqc = a.dq + baseK + t0 * sK, *dkc = a.dk + baseK + t0 * sK, *dvc = a.dv + baseV + t0 * sV;
+    ch.pf.restart();
+    if (n > 0) {
+      const long pk = baseK + (t0 - C) * sK, pv = baseV + (t0 - C) * sV;
+      for (const S* x : {a.q, a.k, a.g}) ch.pf.add(x + pk, sK, C, K, false);
+      for (const S* x : {a.v, a.dout}) ch.pf.add(x + pv, sV, C, V, false);
+      for (const S* x : {a.dq, a.dk, a.dg}) ch.pf.add(x + pk, sK, C, K, true);
+      ch.pf.add(a.dv + pv, sV, C, V, true);
+    }
     ch.load(a, baseK, t0, L);
     // dA = scale do v^T (lower triangle; only the sub-chunk rows' columns j < I0 + IL are used).
     transpose(vT, C, vc, sV, L, V, a.scale);
     for (int I0 = 0; I0 < L; I0 += kSub) {
       const int IL = std::min(kSub, L - I0);
-      mm(dA + (size_t)I0 * C, C, doc + I0 * sV, sV, vT, C, IL, V, I0 + IL, false);
+      mm(dA + (size_t)I0 * C, C, doc + I0 * sV, sV, vT, C, IL, V, I0 + IL, false, &ch.pf);
       for (int i = I0; i < I0 + IL; ++i)
         for (int j = i + 1; j < I0 + IL; ++j) dA[i * C + j] = 0;
     }
     // Inter-chunk parts: dq = scale e^b (do S_prev^T), dk = e^{b_L - b} (v G^T), dv = kd G.
-    mm(dqc, sK, doc, sV, states + KV * n, K, L, V, K, false);
+    mm(dqc, sK, doc, sV, states + KV * n, K, L, V, K, false, &ch.pf);
     transpose(GT, K, G, V, K, V);
-    mm(dkc, sK, vc, sV, GT, K, L, V, K, false);
+    mm(dkc, sK, vc, sV, GT, K, L, V, K, false, &ch.pf);
     for (int i = 0; i < L; ++i)
 #pragma omp simd
       for (int c = 0; c < K; ++c) {
         dqc[i * sK + c] *= a.scale * ch.eb[(size_t)i * K + c];
         dkc[i * sK + c] *= ch.ed[(size_t)i * K + c];
       }
-    mm(dvc, sV, ch.kd, K, G, V, L, K, V, false);
+    mm(dvc, sV, ch.kd, K, G, V, L, K, V, false, &ch.pf);
     // Intra-chunk: A, and dq / dk per query sub-chunk.
-    ch.intra(K, L, a.scale, [&](int I0, int IL, int J) {
-      mm(tq, K, dA + (size_t)I0 * C, C, ch.kr, K, IL, J, K, false);
-      mm<S, kFull, true>(tk, K, dA + (size_t)I0 * C, C, ch.qr, K, J, IL, K, false);
+    ch.intra(L, a.scale, [&](int I0, int IL, int J) {
+      mm(tq, K, dA + (size_t)I0 * C, C, ch.kr, K, IL, J, K, false, &ch.pf);
+      mm<S, kFull, true>(tk, K, dA + (size_t)I0 * C, C, ch.qr, K, J, IL, K, false, &ch.pf);
       for (int i = 0; i < IL; ++i)
 #pragma omp simd
         for (int c = 0; c < K; ++c) dqc[(I0 + i) * sK + c] += ch.qe[(size_t)i * K + c] * tq[(size_t)i * K + c];
@@ -345,8 +426,8 @@ static void bwd_task(const Args<S>& a, int bh) {
       }
     });
     // dv += A^T do; G <- exp(b_last) G + (scale q e^b)^T do.
-    mm<S, kUpper>(dvc, sV, ch.At, C, doc, sV, L, L, V, true);
-    advance(G, V, ch.dl, ch.qg, doc, sV, K, L, V);
+    mm<S, kUpper>(dvc, sV, ch.At, C, doc, sV, L, L, V, true, &ch.pf);
+    advance(G, V, ch.dl, ch.qg, doc, sV, K, L, V, &ch.pf);
     // dg: reverse cumsum of q dq - k dk, seeded with the carry from later chunks.
     for (int i = L - 1; i >= 0; --i) {
       const S *qi = ch.q + (size_t)i * K, *ki = ch.k + (size_t)i * K;

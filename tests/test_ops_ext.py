@@ -70,6 +70,20 @@ def test_cpu_matches_oracle(T, gmin, dtype, tol):
     assert_close(grads(hgrn2_ext, *args, 0.3), reference(*args, 0.3), tol)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+def test_cpu_decay_regimes_mixed_across_chunks(dtype, tol):
+    """Chunks whose decay products come from exp(b) and exp(-b) (total decay within 80) next to chunks
+    that need one exp per product, and a factorised chunk with one sub-chunk too steep (> 40) for
+    reference products, in one call: each chunk picks its own path."""
+    args = make(1, 250, 2, 20, 36, -1.0, dtype)
+    g = args[3]
+    g[:, 64:128] *= 0.5
+    g[:, 80:96] = -3.0  # chunk 1: one steep sub-chunk (45 across it), total about 60
+    g[:, 128:192] *= 4.0  # chunk 2: total about 128, no factorisation
+    g[:, 192:, 1] *= 30.0  # chunk 3: head 1 far past it, head 0 factorised
+    assert_close(grads(hgrn2_ext, *args, 0.3), reference(*args, 0.3), tol)
+
+
 def test_cpu_heads_and_value_tiles():
     """Several (batch, head) pairs, and a single one with more threads than heads (value tiling)."""
     n = torch.get_num_threads()
