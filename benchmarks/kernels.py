@@ -9,8 +9,9 @@ FLOP count (per batch*head, chunk C = 64, useful work of the chunked algorithm):
                                                     q k^T and A v on the causal half)
     forward+backward 3x the forward (the usual convention)
 Achieved GFLOP/s are compared with this machine's square fp32 GEMM (torch.matmul, 2048^3).
-Times are the best of --repeats (10) runs after a warm-up: the minimum is the least disturbed by
-other processes on a noisy machine.
+Times are the best of --repeats (10) rounds after a warm-up; each round calls every configuration
+(GEMM, each T, backend and pass) once in turn, so that a noisy stretch of a shared machine hits them
+alike rather than the few measured while it lasts, and the minimum is the least disturbed call.
 
 Prints a table (speed vs torch-chunked and vs SDPA, % of GEMM), PASS/FAIL for the CPU targets,
 and writes JSON (machine, torch, git commit, results) and a log-log PNG of time vs T.
@@ -46,23 +47,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timeit(fn, device, repeats):
-    """Best of `repeats` timed calls after one warm-up call, in seconds (the minimum is the least
-    disturbed by other processes sharing the machine)."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def best_times(fns, device, repeats):
+    """Seconds of each fn: the best of `repeats` rounds that call every fn once in turn, after one
+    warm-up call each."""
+    for fn in fns:
         fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def gemm_gflops(device, repeats, n=2048):
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
-    return 2 * n**3 / timeit(lambda: a @ b, device, repeats) / 1e9
+    sync(device)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
 
 
 def backends(device):
@@ -93,22 +91,28 @@ def backends(device):
     return out
 
 
-def measure(fn, args, device, repeats):
-    B, T, H, K, V, dtype = args
-    gen = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(B, T, H, K, generator=gen).to(device, dtype) for _ in range(2))
-    v, do = (torch.randn(B, T, H, V, generator=gen).to(device, dtype) for _ in range(2))
-    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, generator=gen)).to(device, dtype)
-    with torch.no_grad():
-        t_fwd = timeit(lambda: fn(q, k, v, g), device, repeats)
-    leaves = [x.requires_grad_() for x in (q, k, v, g)]
+def passes(fn, inputs):
+    """(forward, forward+backward) calls of fn on inputs = (q, k, v, g, do), q..g leaves."""
+    *leaves, do = inputs
+
+    def fwd():
+        with torch.no_grad():
+            fn(*leaves)
 
     def step():  # grads assigned, not accumulated, as after optimizer.zero_grad()
         for x in leaves:
             x.grad = None
         fn(*leaves).backward(do)
 
-    return t_fwd, timeit(step, device, repeats)
+    return fwd, step
+
+
+def make_inputs(B, T, H, K, V, dtype, device):
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(B, T, H, K, generator=gen).to(device, dtype) for _ in range(2))
+    v, do = (torch.randn(B, T, H, V, generator=gen).to(device, dtype) for _ in range(2))
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, generator=gen)).to(device, dtype)
+    return [x.requires_grad_() for x in (q, k, v, g)] + [do]
 
 
 def git_commit():
@@ -188,17 +192,25 @@ def main(argv=None):
     tag = "cpu" if gpu is None else re.sub(r"[^A-Za-z0-9]+", "_", gpu).strip("_").lower()
     out = a.out or ROOT / "benchmarks" / "results" / f"kernels_{tag}.json"
 
-    gemm = gemm_gflops(device, a.repeats)
+    fns = backends(device)
+    n = 2048
+    x, y = (torch.randn(n, n, device=device) for _ in range(2))
+    configs, calls = [], [lambda: x @ y]
+    for T in a.T:
+        inputs = make_inputs(a.B, T, a.H, a.K, a.V, dtype, device)
+        for name, fn in fns.items():
+            configs.append((T, name))
+            calls += passes(fn, inputs)
+    times = best_times(calls, device, a.repeats)
+    gemm = 2 * n**3 / times[0] / 1e9
     print(f"device {gpu or platform.processor() or 'cpu'}, threads {torch.get_num_threads()}, "
           f"fp32 GEMM {gemm:.1f} GFLOP/s")
-    fns = backends(device)
     rows = []
-    for T in a.T:
-        for name, fn in fns.items():
-            t_fwd, t_fb = measure(fn, (a.B, T, a.H, a.K, a.V, dtype), device, a.repeats)
-            rows.append({"backend": name, "T": T, "fwd_s": t_fwd, "fwd_bwd_s": t_fb,
-                         "fwd_gflops": None if name == "sdpa" else hgrn2_flops(a.B, a.H, T, a.K, a.V, False) / t_fwd / 1e9,
-                         "fwd_bwd_gflops": None if name == "sdpa" else hgrn2_flops(a.B, a.H, T, a.K, a.V, True) / t_fb / 1e9})
+    for i, (T, name) in enumerate(configs):
+        t_fwd, t_fb = times[1 + 2 * i], times[2 + 2 * i]
+        rows.append({"backend": name, "T": T, "fwd_s": t_fwd, "fwd_bwd_s": t_fb,
+                     "fwd_gflops": None if name == "sdpa" else hgrn2_flops(a.B, a.H, T, a.K, a.V, False) / t_fwd / 1e9,
+                     "fwd_bwd_gflops": None if name == "sdpa" else hgrn2_flops(a.B, a.H, T, a.K, a.V, True) / t_fb / 1e9})
 
     t = {(r["backend"], r["T"]): r["fwd_bwd_s"] for r in rows}
     print(f"\n{'T':>6} {'backend':>8} {'fwd ms':>9} {'fwd+bwd ms':>11} {'vs torch':>9} {'vs sdpa':>8} "
