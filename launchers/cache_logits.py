@@ -11,8 +11,9 @@ import sys
 
 import torch
 
-from babylm_ds.cache import combined_logits, load_teacher, normalise_weights, teacher_info, write_cache
+from babylm_ds.cache import combined_logits, load_teachers, normalise_weights, teacher_info, write_cache
 from babylm_ds.cache.format import id_dtype
+from babylm_ds.training.args import add_dist_args
 
 
 def parse_args(argv=None):
@@ -30,8 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher-dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--kl-sample", type=int, default=16, help="sequences for the KL(full ‖ cached) report")
     p.add_argument("--kl-temperature", type=float, default=2.0, help="also report the KL error at this temperature")
-    p.add_argument("--dist-timeout", type=float, default=1800.0)
-    p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1)
+    add_dist_args(p)
     return p.parse_args(argv)
 
 
@@ -59,10 +59,7 @@ def main(argv=None):
     rank, world = init_distributed(args.dist_timeout)
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    teachers = [load_teacher(p, device, getattr(torch, args.teacher_dtype)) for p in args.teachers]
-    for path, t in zip(args.teachers, teachers):
-        if t.config.vocab_size != vocab:
-            raise SystemExit(f"teacher {path} has vocab_size {t.config.vocab_size}, data has {vocab}")
+    teachers = load_teachers(args.teachers, vocab, device, getattr(torch, args.teacher_dtype))
 
     def teacher_fn(input_ids):
         return combined_logits(teachers, weights, input_ids)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from babylm_ds.cache import TeacherCache, combined_logits, load_teacher, normalise_weights  # noqa: E402
+from babylm_ds.cache import TeacherCache, combined_logits, load_teachers, normalise_weights  # noqa: E402
 from babylm_ds.losses import TAIL_MODES, hidden_mse, kd_loss, kd_loss_full  # noqa: E402
 from babylm_ds.models import model_from_arg, parse_overrides  # noqa: E402
 from babylm_ds.training import Trainer, add_train_args, build_ds_config, init_distributed  # noqa: E402
@@ -157,10 +157,7 @@ def open_cache(path, meta, num_sequences):
 def online_teachers(args, student, world):
     """Frozen teachers (as frozen modules, or ZeRO-3-sharded engines) + loss; adds --beta projections."""
     weights = normalise_weights(args.teacher_weights, len(args.teachers))
-    teachers = [load_teacher(path) for path in args.teachers]
-    for path, t in zip(args.teachers, teachers):
-        if t.config.vocab_size != student.config.vocab_size:
-            raise SystemExit(f"teacher {path}: vocab_size {t.config.vocab_size} != student's {student.config.vocab_size}")
+    teachers = load_teachers(args.teachers, student.config.vocab_size)
     layer_map = []
     if args.beta:
         s_cfg, t_cfg = student.config, teachers[0].config

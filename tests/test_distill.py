@@ -124,11 +124,14 @@ def test_online_loss_is_full_vocab_kd(micro, tiny_data_dir):
     """distill.online_loss (no deep supervision) = α·CE + (1−α)·T²·KL against the teachers' mean logits."""
     import argparse
 
-    from babylm_ds.cache import load_teacher
+    from babylm_ds.cache import load_teachers
     from babylm_ds.data import PackedDataset
     from babylm_ds.models import build_model
     distill = _distill_module()
-    teachers = [load_teacher(t) for t in micro["teachers"]]
+    teachers = load_teachers(micro["teachers"], 1000)
+    assert all(not p.requires_grad for t in teachers for p in t.parameters())
+    with pytest.raises(SystemExit, match="teacher .* has vocab_size 1000, expected 999"):
+        load_teachers(micro["teachers"], 999)
     torch.manual_seed(0)
     student = build_model("llama-tiny", vocab_size=1000, **MICRO_LLAMA)
     ds = PackedDataset(tiny_data_dir, "train")

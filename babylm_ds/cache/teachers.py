@@ -30,6 +30,15 @@ def load_teacher(path, device="cpu", dtype=torch.float32):
     return model
 
 
+def load_teachers(paths, vocab_size, device="cpu", dtype=torch.float32):
+    """load_teacher for each path; exits naming the first teacher whose vocab_size differs."""
+    teachers = [load_teacher(p, device, dtype) for p in paths]
+    for path, t in zip(paths, teachers):
+        if t.config.vocab_size != vocab_size:
+            raise SystemExit(f"error: teacher {path} has vocab_size {t.config.vocab_size}, expected {vocab_size}")
+    return teachers
+
+
 def normalise_weights(weights, n):
     weights = [1.0] * n if not weights else [float(w) for w in weights]
     if len(weights) != n or any(w < 0 for w in weights) or sum(weights) <= 0:

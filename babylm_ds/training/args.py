@@ -1,4 +1,15 @@
-"""Command-line flags shared by every training launcher (pretrain, distill)."""
+"""Command-line flags shared by the launchers: training (pretrain, distill) and distributed (all)."""
+
+
+def add_dist_args(group):
+    """--dist-timeout and --local_rank, on an argparse parser or argument group."""
+    group.add_argument("--dist-timeout", type=float, default=1800.0,
+                       help="process-group timeout (s); in training also the seconds without progress (a "
+                            "micro-step, dev batch, checkpoint) after which a rank stuck with a dead or stalled "
+                            "peer exits with an error")
+    group.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
+                       help="set by the deepspeed launcher")
+    return group
 
 
 def add_train_args(parser):
@@ -34,9 +45,5 @@ def add_train_args(parser):
     g.add_argument("--eval-limit", type=int, default=None, help="items per zero-shot paradigm")
     g.add_argument("--log-every", type=int, default=10, help="TensorBoard/progress-bar update interval")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    g.add_argument("--dist-timeout", type=float, default=1800.0,
-                   help="process-group timeout, and seconds without progress (a micro-step, dev batch, checkpoint) "
-                        "after which a rank stuck with a dead or stalled peer exits with an error")
-    g.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
-                   help="set by the deepspeed launcher")
+    add_dist_args(g)
     return parser
