@@ -8,6 +8,8 @@ import logging
 
 import torch
 
+from .chunk import acc_dtype
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "torch")
@@ -101,10 +103,6 @@ def _check(q, k, v, g, state, step):
             raise ValueError(f"{name} is on {state.device} but q is on {q.device}")
 
 
-def _state_dtype(q):
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
-
-
 def hgrn2(q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend="auto"):
     """Chunked HGRN2: S_t = diag(exp g_t) S_{t-1} + k_t^T v_t ; o_t = scale q_t S_t.
 
@@ -117,7 +115,7 @@ def hgrn2(q, k, v, g, scale=None, initial_state=None, output_final_state=False, 
     fn = _backend(backend, q, v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if initial_state is not None:
-        initial_state = initial_state.to(_state_dtype(q)).contiguous()
+        initial_state = initial_state.to(acc_dtype(q)).contiguous()
     q, k, v, g = (x.contiguous() for x in (q, k, v, g))
     return fn(q, k, v, g, scale, initial_state, bool(output_final_state))
 
@@ -129,7 +127,7 @@ def hgrn2_step(q, k, v, g, state=None, scale=None):
     """
     _check(q, k, v, g, state, step=True)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    dtype, acc = q.dtype, _state_dtype(q)
+    dtype, acc = q.dtype, acc_dtype(q)
     q, k, v, g = (x.to(acc) for x in (q, k, v, g))
     state = k[..., None] * v[..., None, :] if state is None else (
         state.to(acc) * g.exp()[..., None] + k[..., None] * v[..., None, :])

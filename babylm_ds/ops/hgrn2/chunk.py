@@ -23,14 +23,15 @@ C, SUB = 64, 16
 NS = C // SUB
 
 
-def _acc_dtype(x):
+def acc_dtype(x):
+    """Accumulation (and state) dtype for inputs like x: float64 stays, everything else is float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _chunks(x, N):
     """[B, T, H, D] -> [B, H, N, C, D] in the accumulation dtype, zero-padded to N * C steps."""
     B, T, H, D = x.shape
-    x = F.pad(x.to(_acc_dtype(x)), (0, 0, 0, 0, 0, N * C - T))
+    x = F.pad(x.to(acc_dtype(x)), (0, 0, 0, 0, 0, N * C - T))
     return x.transpose(1, 2).reshape(B, H, N, C, D)
 
 

@@ -58,6 +58,12 @@ def _pair_decay(b_b, BT: tl.constexpr):
 
 
 @triton.jit
+def _state_step(b_h, b_last, b_x, b_y, PREC: tl.constexpr):
+    """A [BK, BV] state (or state adjoint) across one chunk: diag(e^{b_last}) h + x^T y."""
+    return b_h * tl.exp(b_last)[:, None] + tl.dot(tl.trans(b_x), b_y, input_precision=PREC)
+
+
+@triton.jit
 def _program_state(h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, LOAD: tl.constexpr):
     """This program's V-block, batch, head and value offsets, the pointers and mask of its [BK, BV]
@@ -86,8 +92,7 @@ def _fwd_kernel(q, k, v, g, h0, o, ht, scale, T, H: tl.constexpr, K: tl.constexp
         b_o = tl.dot(b_q * tl.exp(b_b), b_h, input_precision=PREC)
         b_o += tl.dot(b_A, b_v, input_precision=PREC)
         tl.store(o + p_v, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
-        b_kd = b_k * tl.exp(b_last[None, :] - b_b)
-        b_h = b_h * tl.exp(b_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_h = _state_step(b_h, b_last, b_k * tl.exp(b_last[None, :] - b_b), b_v, PREC)
     if STORE_HT:
         tl.store(ht + p_h, b_h.to(ht.dtype.element_ty), mask=m_h)
 
@@ -109,8 +114,7 @@ def _bwd_dq_kernel(q, k, v, g, h0, do, dq, scale, T, H: tl.constexpr, K: tl.cons
         b_dq = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * tl.exp(b_b)
         b_dq += tl.sum(b_dA[:, :, None] * b_k[None, :, :] * b_e, axis=1)
         tl.store(dq + p_k, b_dq * scale, mask=m_tk)
-        b_kd = b_k * tl.exp(b_last[None, :] - b_b)
-        b_h = b_h * tl.exp(b_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_h = _state_step(b_h, b_last, b_k * tl.exp(b_last[None, :] - b_b), b_v, PREC)
 
 
 @triton.jit
@@ -137,8 +141,7 @@ def _bwd_dkv_kernel(q, k, v, g, do, dht, dk, dv, dh0, scale, T, H: tl.constexpr,
         b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=PREC) * scale
         b_dv += tl.dot(b_k * b_kdecay, b_dh, input_precision=PREC)
         tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
-        b_qd = b_q * tl.exp(b_b) * scale
-        b_dh = b_dh * tl.exp(b_last)[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PREC)
+        b_dh = _state_step(b_dh, b_last, b_q * tl.exp(b_b) * scale, b_do, PREC)
     if STORE_DH0:
         tl.store(dh0 + p_h, b_dh.to(dh0.dtype.element_ty), mask=m_h)
 
