@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from .chunk import acc_dtype
+from .chunk import acc_dtype, chunk_hgrn2
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,6 @@ def _load(name, q, v, auto):
     Triton kernels are also self-checked once per head layout."""
     device = q.device
     if name == "torch":
-        from babylm_ds.ops.hgrn2.chunk import chunk_hgrn2
         return chunk_hgrn2, ""
     if name in ("cpu", "cuda"):
         if device.type != name:
