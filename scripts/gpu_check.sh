@@ -20,6 +20,10 @@ python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_ops_ext.py tests/
   2>&1 | tee "$out/gpu_tests.log" | tail -25
 tag=$(python3 -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '_', torch.cuda.get_device_name()).strip('_').lower())")
 bench=${BENCH:-fp32 bf16}
-[[ $bench == *fp32* ]] && python3 benchmarks/kernels.py --repeats 20 --out "$out/kernels_${tag}_fp32.json" | tail -32
-[[ $bench == *bf16* ]] && python3 benchmarks/kernels.py --dtype bfloat16 --B 8 --H 16 --T 1024 4096 16384 \
-  --repeats 10 --out "$out/kernels_${tag}_bf16.json" | tail -20
+if [[ $bench == *fp32* ]]; then
+  python3 benchmarks/kernels.py --repeats 20 --out "$out/kernels_${tag}_fp32.json" | tail -32
+fi
+if [[ $bench == *bf16* ]]; then
+  python3 benchmarks/kernels.py --dtype bfloat16 --B 8 --H 16 --T 1024 4096 16384 --repeats 10 \
+    --out "$out/kernels_${tag}_bf16.json" | tail -20
+fi
