@@ -2,7 +2,7 @@
 
 Same layout as ours ([B, T, H, K], state [N, H, K, V], cu_seqlens offsets); this wrapper adds our
 conventions: o in the inputs' dtype, an fp32 final state, and fp32 inputs only when TF32 matmuls
-are allowed, because chunk_gla computes its dots in tf32 (relative error ~1e-3 vs the oracle).
+are allowed (torch.set_float32_matmul_precision('high')), because chunk_gla computes its dots in tf32 (relative error ~1e-3 vs the oracle).
 """
 import torch
 
@@ -13,9 +13,9 @@ def fla_status(device, dtype):
         return False, f"fla's Triton kernels need CUDA tensors, got {device.type}"
     if dtype == torch.float64:
         return False, "fla's chunk_gla does not take float64 inputs"
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return False, ("fla's chunk_gla computes fp32 inputs in tf32 (error ~1e-3); allow it with "
-                       "torch.backends.cuda.matmul.allow_tf32 = True")
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return False, ("fla's chunk_gla computes fp32 inputs in tf32 (error ~1e-3); allow TF32 with "
+                       "torch.set_float32_matmul_precision('high')")
     try:
         import fla.ops.gla  # noqa: F401
     except ImportError as e:
