@@ -43,5 +43,7 @@ setup(
     python_requires=">=3.10",
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    # hgrn2(backend="fla"): fla's chunk_gla on GPUs (also first in `auto` there)
+    extras_require={"fla": ["flash-linear-attention==0.6.0"]},
     entry_points={"console_scripts": ["babylm-ds=babylm_ds.cli:main"]},
 )

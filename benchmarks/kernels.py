@@ -4,6 +4,10 @@ Backends: "cpu" (C++ extension) and "torch" (chunked PyTorch) on CPU; "cuda" (CU
 "triton", "torch" and fla's `chunk_gla` on a GPU; plus causal `scaled_dot_product_attention` with the
 same head dims (q, k, v of width K, K, V) as the softmax-attention reference.
 
+One shape (--B --H --K --V --dtype) over --T, or `--grid gpu`: the GPU grid of issue 10 (GPU_GRID:
+bf16 B8 H16 K=V=64 at T 1024-16384, fp32 B2 H4 at T 8192, the BabyHGRN-360M heads bf16 B32 H8
+K=V=128 at T 128 and 512), every shape measured in the same run as fla and SDPA, the ratios to them.
+
 FLOP count (per batch*head, chunk C = 64, useful work of the chunked algorithm):
     forward          2 T (2 K V + C (K + V) / 2)   (inter-chunk q S and state update; intra-chunk
                                                     q k^T and A v on the causal half)
@@ -13,10 +17,11 @@ Times are the best of --repeats (10) rounds after a warm-up; each round calls ev
 (GEMM, each T, backend and pass) once in turn, so that a noisy stretch of a shared machine hits them
 alike rather than the few measured while it lasts, and the minimum is the least disturbed call.
 
-Prints a table (speed vs torch-chunked and vs SDPA, % of GEMM), PASS/FAIL for the CPU targets,
-and writes JSON (machine, torch, git commit, results) and a log-log PNG of time vs T.
+Prints a table (speed vs torch-chunked, fla and SDPA, % of GEMM), PASS/FAIL for the CPU targets,
+and writes JSON (machine, versions, git commit, results) and a log-log PNG of time vs T per shape.
 """
 import argparse
+import importlib.metadata
 import os
 import platform
 import re
@@ -35,6 +40,11 @@ from babylm_ds.utils.io import atomic_path, atomic_write_json  # noqa: E402
 
 CHUNK = 64
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GPU_GRID = [  # issue 10: (dtype, B, H, K, V, Ts)
+    ("bfloat16", 8, 16, 64, 64, (1024, 4096, 16384)),
+    ("float32", 2, 4, 64, 64, (8192,)),
+    ("bfloat16", 32, 8, 128, 128, (128, 512)),  # BabyHGRN-360M heads
+]
 
 
 def hgrn2_flops(B, H, T, K, V, backward):
@@ -125,21 +135,37 @@ def git_commit():
 
 
 def check_targets(rows, gemm, device):
-    """PASS/FAIL of the CPU targets (None when a needed T was not measured)."""
-    if device.type != "cpu":
-        return {}
-    t = {(r["backend"], r["T"]): r["fwd_bwd_s"] for r in rows}
-    gf = {r["T"]: r["fwd_bwd_gflops"] for r in rows if r["backend"] == "cpu"}
+    """PASS/FAIL of the targets (None when a needed point was not measured): the CPU ones, or on a
+    GPU issue 10's: cuda <= 1.0x and triton <= 1.5x fla's fwd+bwd time at every point, and the op
+    (our fastest backend) <= SDPA at T >= 2048 (bf16, B*H = 128)."""
+    t = {(r["shape"], r["backend"], r["T"]): r["fwd_bwd_s"] for r in rows}
 
     def ratio(a, b):
         return t[a] / t[b] if a in t and b in t else None
 
-    checks = {
-        "cpu fwd+bwd >= 2x torch-chunked at T=2048": (ratio(("torch", 2048), ("cpu", 2048)), 2.0, ">="),
-        "cpu fwd+bwd >= 40% of GEMM GFLOP/s at T=2048": (gf[2048] / gemm if 2048 in gf else None, 0.4, ">="),
-        "cpu t(8192)/t(1024) <= 9": (ratio(("cpu", 8192), ("cpu", 1024)), 9.0, "<="),
-        "cpu fwd+bwd >= 3x faster than SDPA at T=4096": (ratio(("sdpa", 4096), ("cpu", 4096)), 3.0, ">="),
-    }
+    checks = {}
+    if device.type == "cpu":
+        shape = rows[0]["shape"]
+        gf = {r["T"]: r["fwd_bwd_gflops"] for r in rows if r["backend"] == "cpu"}
+        p = lambda name, T: (shape, name, T)  # noqa: E731
+        checks = {
+            "cpu fwd+bwd >= 2x torch-chunked at T=2048": (ratio(p("torch", 2048), p("cpu", 2048)), 2.0, ">="),
+            "cpu fwd+bwd >= 40% of GEMM GFLOP/s at T=2048": (gf[2048] / gemm if 2048 in gf else None, 0.4, ">="),
+            "cpu t(8192)/t(1024) <= 9": (ratio(p("cpu", 8192), p("cpu", 1024)), 9.0, "<="),
+            "cpu fwd+bwd >= 3x faster than SDPA at T=4096": (ratio(p("sdpa", 4096), p("cpu", 4096)), 3.0, ">="),
+        }
+    else:
+        for r in rows:
+            if r["backend"] != "sdpa":
+                continue
+            shape, T = r["shape"], r["T"]
+            for name, bound in (("cuda", 1.0), ("triton", 1.5)):
+                checks[f"{name} fwd+bwd <= {bound}x fla: {shape} T={T}"] = (
+                    ratio((shape, name, T), (shape, "fla", T)), bound, "<=")
+            if r["dtype"] == "bfloat16" and r["B"] * r["H"] == 128 and T >= 2048:
+                ours = [t[k] for k in t if k[0] == shape and k[2] == T and k[1] in ("cuda", "triton", "torch")]
+                checks[f"op fwd+bwd <= SDPA: {shape} T={T}"] = (min(ours) / t[(shape, "sdpa", T)] if ours else None,
+                                                               1.0, "<=")
     out = {}
     for name, (value, bound, op) in checks.items():
         ok = None if value is None else (value >= bound if op == ">=" else value <= bound)
@@ -155,21 +181,75 @@ def plot(rows, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name in dict.fromkeys(r["backend"] for r in rows):
-        pts = [(r["T"], r["fwd_bwd_s"] * 1e3) for r in rows if r["backend"] == name]
-        ax.plot(*zip(*pts), marker="o", label=name)
-    ax.set(xscale="log", yscale="log", xlabel="T", ylabel="forward+backward time (ms)", title=title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        sub = [r for r in rows if r["shape"] == shape]
+        for name in dict.fromkeys(r["backend"] for r in sub):
+            pts = [(r["T"], r["fwd_bwd_s"] * 1e3) for r in sub if r["backend"] == name]
+            ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set(xscale="log", yscale="log", xlabel="T", ylabel="forward+backward time (ms)", title=shape)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 
+def versions():
+    """torch/CUDA and the installed triton, fla and deepspeed versions (read without importing them)."""
+    out = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    for dist in ("triton", "flash-linear-attention", "deepspeed"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def measure(shapes, fns, device, repeats):
+    """(rows, GEMM GFLOP/s): every (shape, T, backend) and the GEMM timed in the same rounds."""
+    n = 2048
+    x, y = (torch.randn(n, n, device=device) for _ in range(2))
+    configs, calls = [], [lambda: x @ y]
+    for dtype, B, H, K, V, Ts in shapes:
+        for T in Ts:
+            inputs = make_inputs(B, T, H, K, V, DTYPES[dtype], device)
+            for name, fn in fns.items():
+                configs.append(dict(shape=f"{dtype} B{B} H{H} K{K} V{V}", dtype=dtype, B=B, H=H, K=K, V=V, T=T,
+                                    backend=name))
+                calls += passes(fn, inputs)
+    times = best_times(calls, device, repeats)
+    rows = []
+    for i, c in enumerate(configs):
+        t_fwd, t_fb = times[1 + 2 * i], times[2 + 2 * i]
+        flops = [None if c["backend"] == "sdpa" else hgrn2_flops(c["B"], c["H"], c["T"], c["K"], c["V"], bwd) / t / 1e9
+                 for bwd, t in ((False, t_fwd), (True, t_fb))]
+        rows.append({**c, "fwd_s": t_fwd, "fwd_bwd_s": t_fb, "fwd_gflops": flops[0], "fwd_bwd_gflops": flops[1]})
+    return rows, 2 * n**3 / times[0] / 1e9
+
+
+def print_table(rows, gemm):
+    t = {(r["shape"], r["backend"], r["T"]): r["fwd_bwd_s"] for r in rows}
+    nan = float("nan")
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        print(f"\n{shape}\n{'T':>6} {'backend':>8} {'fwd ms':>9} {'fwd+bwd ms':>11} {'/torch':>7} {'/fla':>7} "
+              f"{'/sdpa':>7} {'GFLOP/s':>8} {'% GEMM':>7}")
+        for r in (r for r in rows if r["shape"] == shape):
+            ratios = [r["fwd_bwd_s"] / t.get((shape, ref, r["T"]), nan) for ref in ("torch", "fla", "sdpa")]
+            gf = r["fwd_bwd_gflops"]
+            print(f"{r['T']:>6} {r['backend']:>8} {r['fwd_s'] * 1e3:>9.2f} {r['fwd_bwd_s'] * 1e3:>11.2f} "
+                  + " ".join(f"{x:>6.2f}x" for x in ratios)
+                  + (f" {gf:>8.1f} {100 * gf / gemm:>6.1f}%" if gf else ""))
+    print("(/torch, /fla, /sdpa: fwd+bwd time over that backend's in the same run, < 1 = faster; "
+          "GFLOP/s of fwd+bwd)\n")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--grid", choices=["gpu"], default=None, help="issue 10's GPU grid instead of one shape")
     p.add_argument("--B", type=int, default=2)
     p.add_argument("--H", type=int, default=4)
     p.add_argument("--K", type=int, default=64)
@@ -183,52 +263,27 @@ def main(argv=None):
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
+    if a.grid and device.type != "cuda":
+        raise SystemExit("--grid gpu: needs --device cuda")
     if min(a.B, a.H, a.K, a.V, a.repeats, *a.T) < 1:
         raise SystemExit("--B, --H, --K, --V, --T and --repeats must be positive")
-    dtype = DTYPES[a.dtype]
-    if device.type == "cpu" and dtype != torch.float32:
+    if device.type == "cpu" and a.dtype != "float32":
         raise SystemExit("--dtype: the CPU kernels compute in float32; use --dtype float32 on cpu")
+    shapes = GPU_GRID if a.grid else [(a.dtype, a.B, a.H, a.K, a.V, tuple(a.T))]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     tag = "cpu" if gpu is None else re.sub(r"[^A-Za-z0-9]+", "_", gpu).strip("_").lower()
-    out = a.out or ROOT / "benchmarks" / "results" / f"kernels_{tag}.json"
+    out = a.out or ROOT / "benchmarks" / "results" / f"kernels_{tag}{'_grid' if a.grid else ''}.json"
 
-    fns = backends(device)
-    n = 2048
-    x, y = (torch.randn(n, n, device=device) for _ in range(2))
-    configs, calls = [], [lambda: x @ y]
-    for T in a.T:
-        inputs = make_inputs(a.B, T, a.H, a.K, a.V, dtype, device)
-        for name, fn in fns.items():
-            configs.append((T, name))
-            calls += passes(fn, inputs)
-    times = best_times(calls, device, a.repeats)
-    gemm = 2 * n**3 / times[0] / 1e9
+    rows, gemm = measure(shapes, backends(device), device, a.repeats)
     print(f"device {gpu or platform.processor() or 'cpu'}, threads {torch.get_num_threads()}, "
           f"fp32 GEMM {gemm:.1f} GFLOP/s")
-    rows = []
-    for i, (T, name) in enumerate(configs):
-        t_fwd, t_fb = times[1 + 2 * i], times[2 + 2 * i]
-        rows.append({"backend": name, "T": T, "fwd_s": t_fwd, "fwd_bwd_s": t_fb,
-                     "fwd_gflops": None if name == "sdpa" else hgrn2_flops(a.B, a.H, T, a.K, a.V, False) / t_fwd / 1e9,
-                     "fwd_bwd_gflops": None if name == "sdpa" else hgrn2_flops(a.B, a.H, T, a.K, a.V, True) / t_fb / 1e9})
-
-    t = {(r["backend"], r["T"]): r["fwd_bwd_s"] for r in rows}
-    print(f"\n{'T':>6} {'backend':>8} {'fwd ms':>9} {'fwd+bwd ms':>11} {'vs torch':>9} {'vs sdpa':>8} "
-          f"{'GFLOP/s':>8} {'% GEMM':>7}")
-    for r in rows:
-        vs_torch = t.get(("torch", r["T"]), float("nan")) / r["fwd_bwd_s"]
-        vs_sdpa = t[("sdpa", r["T"])] / r["fwd_bwd_s"]
-        gf = r["fwd_bwd_gflops"]
-        print(f"{r['T']:>6} {r['backend']:>8} {r['fwd_s'] * 1e3:>9.2f} {r['fwd_bwd_s'] * 1e3:>11.2f} "
-              f"{vs_torch:>8.2f}x {vs_sdpa:>7.2f}x " + (f"{gf:>8.1f} {100 * gf / gemm:>6.1f}%" if gf else ""))
-    print("(vs torch / vs sdpa: speed-up in forward+backward time; GFLOP/s of forward+backward)\n")
+    print_table(rows, gemm)
     targets = check_targets(rows, gemm, device)
 
     result = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "gpu": gpu,
-                    "cpu_count": torch.get_num_threads(), "python": platform.python_version(),
-                    "torch": torch.__version__, "cuda": torch.version.cuda},
+                    "cpu_count": torch.get_num_threads(), "python": platform.python_version(), **versions()},
         "git_commit": git_commit(),
         "flops": "forward 2*B*H*T*(2*K*V + 64*(K+V)/2); forward+backward 3x forward",
         "gemm_gflops": gemm,
@@ -236,7 +291,8 @@ def main(argv=None):
         "targets": targets,
     }
     atomic_write_json(out, result)
-    plot(rows, out.with_suffix(".png"), f"HGRN2 B{a.B} H{a.H} K{a.K} V{a.V} {a.dtype} on {gpu or 'cpu'}")
+    title = f"HGRN2 on {gpu or 'cpu'}" + ("" if a.grid else f" ({shapes[0][0]})")
+    plot(rows, out.with_suffix(".png"), title)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return result
 

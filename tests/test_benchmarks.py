@@ -19,3 +19,17 @@ def test_kernel_benchmark_tiny_grid(tmp_path):
     assert {("cpu", 64), ("torch", 100), ("sdpa", 100)} <= got and len(got) == 6
     assert all(0 < r["fwd_s"] < 10 and 0 < r["fwd_bwd_s"] < 10 for r in res["results"])
     assert all(v["pass"] is None for v in res["targets"].values())  # no T = 2048 / 4096 measured
+
+
+def test_gpu_targets_from_rows():
+    """Issue 10's GPU targets are judged from the rows of one run: ratios to fla and SDPA."""
+    spec = importlib.util.spec_from_file_location("kernels_bench", ROOT / "benchmarks" / "kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shape = dict(shape="bfloat16 B8 H16 K64 V64", dtype="bfloat16", B=8, H=16, T=4096)
+    ms = {"cuda": 3.0, "triton": 5.5, "torch": 40.0, "fla": 3.3, "sdpa": 2.5}
+    rows = [{**shape, "backend": b, "fwd_bwd_s": t / 1e3} for b, t in ms.items()]
+    got = bench.check_targets(rows, 1.0, bench.torch.device("cuda"))
+    cases = {k.split(":")[0]: (v["pass"], round(v["value"], 3)) for k, v in got.items()}
+    assert cases == {"cuda fwd+bwd <= 1.0x fla": (True, 0.909), "triton fwd+bwd <= 1.5x fla": (False, 1.667),
+                     "op fwd+bwd <= SDPA": (False, 1.2)}
