@@ -60,6 +60,7 @@ def test_triton_kernels_compile_for_sm90():
 
     q = torch.empty(1, 1, 2, 128, dtype=torch.bfloat16)
     kw, vw = kern._config(q, q)
+    num_warps = kw.pop("num_warps")
     meta = {**kw, **vw, "BC": kern.BC, "REVERSE": True, "USE_H0": True, "STORE_HT": True}
     for fn in (kern._cumsum_kernel, kern._state_kernel, kern._intra_A_kernel, kern._fwd_o_kernel,
                kern._bwd_dv_kernel, kern._bwd_inter_kernel, kern._bwd_intra_kernel):
@@ -68,4 +69,4 @@ def test_triton_kernels_compile_for_sm90():
                "*i32" if n in ("cu", "chunk_idx", "chunk_off") else "*fp32" if n in FP32 else "*bf16"
                for n in fn.arg_names}
         src = ASTSource(fn, sig, {(fn.arg_names.index(n),): v for n, v in consts.items()})
-        triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+        triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
