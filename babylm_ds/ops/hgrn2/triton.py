@@ -99,7 +99,7 @@ def _cumsum_kernel(g, gc, cu, chunk_idx, H: tl.constexpr, K: tl.constexpr, BT: t
 def _state_kernel(x, y, gc, h0, hs, ht, cu, chunk_off, scale, H: tl.constexpr, K: tl.constexpr,
                   V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                   REVERSE: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  PREC: tl.constexpr):
+                  DT: tl.constexpr, PREC: tl.constexpr):
     """Forward (x = k, y = v): hs[c] = state entering chunk c, ht = final state. REVERSE (x = q,
     y = do, h0 = dht): hs[c] = adjoint of the state leaving chunk c, ht = adjoint of h0."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -124,7 +124,7 @@ def _state_kernel(x, y, gc, h0, hs, ht, cu, chunk_off, scale, H: tl.constexpr, K
         else:
             b_x = b_x * tl.exp(tl.minimum(b_last[None, :] - b_b, 0.))
         b_y = _rows(y, t0, eos, i_h, i_v, H, V, BT, BV)
-        b_h = b_h * tl.exp(b_last)[:, None] + tl.dot(tl.trans(b_x), b_y, input_precision=PREC)
+        b_h = b_h * tl.exp(b_last)[:, None] + tl.dot(tl.trans(b_x).to(DT), b_y.to(DT), input_precision=PREC)
     if STORE_HT:
         p_s, m_s = _tile_ptr(ht, i_n, i_h, i_k, i_v, H, K, V, BK, BV)
         tl.store(p_s, b_h, mask=m_s)
@@ -132,7 +132,7 @@ def _state_kernel(x, y, gc, h0, hs, ht, cu, chunk_off, scale, H: tl.constexpr, K
 
 @triton.jit
 def _intra_A_kernel(q, k, gc, A, cu, chunk_idx, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
-                    BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                    BC: tl.constexpr, BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """Row block I (program 1) of A [T, H, BT] for chunk i_t: blocks J < I by dot with reference
     point r = first row of I, the diagonal block column by column; blocks J > I are not written."""
     i_t, i_i, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -151,7 +151,7 @@ def _intra_A_kernel(q, k, gc, A, cu, chunk_idx, H: tl.constexpr, K: tl.constexpr
                         tl.minimum(b_bi - b_r[None, :], 0.))
                     b_kg = _rows(k, t0 + J * BC, eos, i_h, i_k, H, K, BC, BK) * tl.exp(
                         tl.minimum(b_r[None, :] - b_bj, 0.))
-                    b_A += tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC)
+                    b_A += tl.dot(b_qg.to(DT), tl.trans(b_kg).to(DT), input_precision=PREC)
             if J == i_i:
                 for i_k in range(tl.cdiv(K, BK)):
                     o_k = i_k * BK + tl.arange(0, BK)
@@ -170,7 +170,7 @@ def _intra_A_kernel(q, k, gc, A, cu, chunk_idx, H: tl.constexpr, K: tl.constexpr
 @triton.jit
 def _fwd_o_kernel(q, v, gc, hs, A, o, cu, chunk_idx, scale, H: tl.constexpr, K: tl.constexpr,
                   V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                  PREC: tl.constexpr):
+                  DT: tl.constexpr, PREC: tl.constexpr):
     i_v, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     eos, t0 = _chunk(cu, chunk_idx, i_t, BT)
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
@@ -178,35 +178,36 @@ def _fwd_o_kernel(q, v, gc, hs, A, o, cu, chunk_idx, scale, H: tl.constexpr, K: 
         b_qe = _rows(q, t0, eos, i_h, i_k, H, K, BT, BK) * tl.exp(
             tl.minimum(_rows(gc, t0, eos, i_h, i_k, H, K, BT, BK), 0.))
         p_h, m_h = _tile_ptr(hs, i_t, i_h, i_k, i_v, H, K, V, BK, BV)
-        b_o += tl.dot(b_qe, tl.load(p_h, mask=m_h, other=0.), input_precision=PREC)
+        b_o += tl.dot(b_qe.to(DT), tl.load(p_h, mask=m_h, other=0.).to(DT), input_precision=PREC)
     o_t = tl.arange(0, BT)
     b_A = tl.where(o_t[:, None] >= o_t[None, :], _rows(A, t0, eos, i_h, 0, H, BT, BT, BT), 0.)
-    b_o += tl.dot(b_A, _rows(v, t0, eos, i_h, i_v, H, V, BT, BV), input_precision=PREC)
+    b_o += tl.dot(b_A.to(DT), _rows(v, t0, eos, i_h, i_v, H, V, BT, BV).to(DT), input_precision=PREC)
     _store_rows(o, b_o * scale, t0, eos, i_h, i_v, H, V, BT, BV)
 
 
 @triton.jit
 def _bwd_dv_kernel(k, gc, A, do, dhs, dv, cu, chunk_idx, scale, H: tl.constexpr, K: tl.constexpr,
                    V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   PREC: tl.constexpr):
+                   DT: tl.constexpr, PREC: tl.constexpr):
     i_v, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     eos, t0 = _chunk(cu, chunk_idx, i_t, BT)
     o_t = tl.arange(0, BT)
     b_A = tl.where(o_t[:, None] >= o_t[None, :], _rows(A, t0, eos, i_h, 0, H, BT, BT, BT), 0.)
-    b_dv = tl.dot(tl.trans(b_A), _rows(do, t0, eos, i_h, i_v, H, V, BT, BV), input_precision=PREC) * scale
+    b_do = _rows(do, t0, eos, i_h, i_v, H, V, BT, BV)
+    b_dv = tl.dot(tl.trans(b_A).to(DT), b_do.to(DT), input_precision=PREC) * scale
     for i_k in range(tl.cdiv(K, BK)):
         b_last = _row(gc, tl.minimum(t0 + BT, eos) - 1, eos, i_h, i_k, H, K, BK)
         b_ke = _rows(k, t0, eos, i_h, i_k, H, K, BT, BK) * tl.exp(
             tl.minimum(b_last[None, :] - _rows(gc, t0, eos, i_h, i_k, H, K, BT, BK), 0.))
         p_h, m_h = _tile_ptr(dhs, i_t, i_h, i_k, i_v, H, K, V, BK, BV)
-        b_dv += tl.dot(b_ke, tl.load(p_h, mask=m_h, other=0.), input_precision=PREC)
+        b_dv += tl.dot(b_ke.to(DT), tl.load(p_h, mask=m_h, other=0.).to(DT), input_precision=PREC)
     _store_rows(dv, b_dv, t0, eos, i_h, i_v, H, V, BT, BV)
 
 
 @triton.jit
 def _bwd_inter_kernel(q, k, v, gc, hs, do, dhs, dq, dk, dgk, dA, cu, chunk_idx, scale, H: tl.constexpr,
                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, PREC: tl.constexpr):
+                      BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """State terms of dq, dk (fp32 buffers), the dg carry of the chunk dgk [chunks, H, K] and, from
     the first K tile, dA = scale do v^T on the causal half."""
     i_k, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -226,10 +227,11 @@ def _bwd_inter_kernel(q, k, v, gc, hs, do, dhs, dq, dk, dgk, dA, cu, chunk_idx, 
         b_dh = tl.load(p_h, mask=m_h, other=0.)
         b_do = _rows(do, t0, eos, i_h, i_v, H, V, BT, BV)
         b_v = _rows(v, t0, eos, i_h, i_v, H, V, BT, BV)
-        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
-        b_dk += tl.dot(b_v, tl.trans(b_dh), input_precision=PREC)
-        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
-        b_end = b_h * tl.exp(b_last)[:, None] + tl.dot(tl.trans(b_ke), b_v, input_precision=PREC)
+        b_dq += tl.dot(b_do.to(DT), tl.trans(b_h).to(DT), input_precision=PREC)
+        b_dk += tl.dot(b_v.to(DT), tl.trans(b_dh).to(DT), input_precision=PREC)
+        b_dA += tl.dot(b_do.to(DT), tl.trans(b_v).to(DT), input_precision=PREC)
+        b_end = b_h * tl.exp(b_last)[:, None] + tl.dot(tl.trans(b_ke).to(DT), b_v.to(DT),
+                                                        input_precision=PREC)
         b_dgk += tl.sum(b_end * b_dh, 1)
     b_dq *= tl.exp(tl.minimum(b_b, 0.)) * scale
     _store_rows(dq, b_dq, t0, eos, i_h, i_k, H, K, BT, BK)
@@ -245,7 +247,7 @@ def _bwd_inter_kernel(q, k, v, gc, hs, do, dhs, dq, dk, dgk, dA, cu, chunk_idx, 
 @triton.jit
 def _bwd_intra_kernel(q, k, gc, dA, dq, dk, dgk, dq_out, dk_out, dg, cu, chunk_idx,
                       H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                      BK: tl.constexpr, PREC: tl.constexpr):
+                      BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """dq, dk = state terms (dq, dk) + A's terms from dA; dg: reverse cumsum of q dq - k dk inside
     the chunk, sub-chunk by sub-chunk from the last, starting from the carry dgk."""
     i_k, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -268,15 +270,15 @@ def _bwd_intra_kernel(q, k, gc, dA, dq, dk, dgk, dq_out, dk_out, dg, cu, chunk_i
                 if J < I:  # dq_I += dA_IJ (k_J e^{b_r - b_J}), times e^{b_I - b_r} below
                     b_kg = _rows(k, rj, eos, i_h, i_k, H, K, BC, BK) * tl.exp(
                         tl.minimum(b_r[None, :] - _rows(gc, rj, eos, i_h, i_k, H, K, BC, BK), 0.))
-                    b_dq += tl.dot(_rows(dA + J * BC, r0, eos, i_h, 0, H, BT, BC, BC), b_kg,
-                                   input_precision=PREC)
+                    b_dAij = _rows(dA + J * BC, r0, eos, i_h, 0, H, BT, BC, BC)
+                    b_dq += tl.dot(b_dAij.to(DT), b_kg.to(DT), input_precision=PREC)
                 if J > I:  # dk_I += dA_JI^T (q_J e^{b_J - b_rJ}) e^{b_rJ - b_I}
                     if rj < eos:
                         b_rj = _row(gc, rj, eos, i_h, i_k, H, K, BK)
                         b_qg = _rows(q, rj, eos, i_h, i_k, H, K, BC, BK) * tl.exp(
                             tl.minimum(_rows(gc, rj, eos, i_h, i_k, H, K, BC, BK) - b_rj[None, :], 0.))
                         b_dAt = tl.trans(_rows(dA + I * BC, rj, eos, i_h, 0, H, BT, BC, BC))
-                        b_dk += tl.dot(b_dAt, b_qg, input_precision=PREC) * tl.exp(
+                        b_dk += tl.dot(b_dAt.to(DT), b_qg.to(DT), input_precision=PREC) * tl.exp(
                             tl.minimum(b_rj[None, :] - b_b, 0.))
             b_dq *= tl.exp(tl.minimum(b_b - b_r[None, :], 0.))
             p_j = (r0 * H + i_h) * K + o_k
@@ -321,10 +323,13 @@ def _config(q, v):
     V = v.shape[-1]
     BK = min(64, max(16, triton.next_power_of_2(K)))
     BV = min(64, max(16, triton.next_power_of_2(V)))
-    # 3-way split tf32 keeps fp32 I/O near fp32 accuracy on tensor cores; 8 warps hold the 64 x 64
-    # fp32 tiles without register spills (4 warps spill at K = V = 128, per cuobjdump on sm_90)
-    prec = "tf32x3" if q.dtype == torch.float32 else "tf32"
-    return dict(H=H, K=K, BT=BT, BK=BK, PREC=prec, num_warps=8), dict(V=V, BV=BV)
+    # dot operands (fp32 accumulation): bf16 for bf16 inputs, as fla; else fp32 on tensor cores as
+    # 3-way split tf32, near fp32 accuracy (fp16 would overflow on large states), and under the
+    # interpreter, whose bf16 dot is wrong. 8 warps hold the 64 x 64 fp32 tiles without register
+    # spills (4 warps spill at K = V = 128, per cuobjdump on sm_90)
+    bf16 = q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") != "1"
+    dt, prec = (tl.bfloat16, "tf32") if bf16 else (tl.float32, "tf32x3")
+    return dict(H=H, K=K, BT=BT, BK=BK, DT=dt, PREC=prec, num_warps=8), dict(V=V, BV=BV)
 
 
 def _forward_states(q, k, v, g, h0, tabs, NT, need_ht):
