@@ -19,7 +19,9 @@ Sequences are packed along time (fla's varlen layout; B equal-length sequences a
                 cumsum of q dq - k dk inside the chunk + carry
 
 Every exponent is clamped to <= 0, so no factor exceeds 1 (exact with g = -20 per step) and masked
-rows stay finite. Fixed block sizes (no autotuning) keep it runnable under TRITON_INTERPRET=1.
+rows stay finite. b, the chunk states, A and dA live in fp32 workspaces; the backward recomputes
+b, the states and A rather than saving them. Fixed block sizes (no autotuning) keep it runnable
+under TRITON_INTERPRET=1.
 """
 import functools
 import os
