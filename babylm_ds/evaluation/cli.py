@@ -1,10 +1,12 @@
 """`babylm-ds eval`: zero-shot BLiMP / supplement / EWoK (+ optional dev perplexity) of one model."""
 import argparse
 import contextlib
+import importlib.metadata
 import os
 import sys
 import time
 
+from babylm_ds.models.card import update_scores
 from babylm_ds.utils.io import sha256_file
 
 from . import report
@@ -19,7 +21,10 @@ def build_parser():
     p.add_argument("--model", required=True, help="HF model dir, training output dir, or DeepSpeed checkpoint dir")
     p.add_argument("--tasks", default=",".join(BENCHMARKS),
                    help="comma list of blimp, supplement, ewok or BENCH/PARADIGM (ewok adds ewok_swap)")
-    p.add_argument("--limit", type=int, default=None, help="first N items per paradigm (default: all)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="first N items per paradigm (default: all, ≈20 min on 2 CPU cores for a 3M model)")
+    p.add_argument("--harness", action="store_true",
+                   help="score with lm-evaluation-harness and the shipped task configs (no ewok_swap); same accuracies")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--data-dir", default=None,
                    help="eval data (default: the embedded data/eval; or BabyLM's evaluation_data/full_eval)")
@@ -47,7 +52,14 @@ def run(args):
     device = resolve_device(args.device)
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results (deepspeed logs there)
         model, tokenizer = load_model(args.model, device=device)
-    result = evaluate_model(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir, device, progress=True)
+    if args.harness:
+        from .harness import evaluate_harness
+
+        result = evaluate_harness(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir)[0]
+        result["harness"] = f"lm-eval {importlib.metadata.version('lm_eval')}"
+    else:
+        result = evaluate_model(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir, device,
+                                progress=True)
     if args.ppl_data:
         result["perplexity"] = perplexity(model, args.ppl_data, args.ppl_split, max_seqs=args.ppl_max_seqs, progress=True)
     manifest = os.path.join(args.model, "manifest.json")
@@ -58,6 +70,9 @@ def run(args):
     name = args.name or os.path.basename(os.path.dirname(model_dir) if os.path.basename(model_dir) == "final" else model_dir)
     out = args.out or os.path.join(args.model, "eval", "zeroshot")
     report.save(out, {name: result})
+    for model_dir in (args.model, os.path.join(args.model, "final")):
+        if update_scores(model_dir, result):  # the exported model's card (README.md)
+            break
     if args.tb_dir:
         report.log_tensorboard(args.tb_dir, result, args.step)
     print(report.markdown_table({name: result}), end="")
