@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from babylm_ds.evaluation import cli as eval_cli
-from babylm_ds.evaluation import load_tasks, score_texts
+from babylm_ds.evaluation import load_tasks, read_benchmark, score_texts
 from babylm_ds.evaluation.harness import TASK_DIR, evaluate_harness, task_files
 from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM
 from babylm_ds.training import export_hf
@@ -80,3 +80,44 @@ def test_eval_cli_harness_and_lm_eval_hf_loader_on_export(student, tmp_path, mon
                                   bootstrap_iters=0, log_samples=False)
     assert got["results"]["babylm_blimp_adjunct_island"]["acc,none"] == plain["blimp"]["paradigms"]["adjunct_island"]
     assert got["results"]["babylm_ewok_agent-properties"]["acc,none"] == plain["ewok"]["paradigms"]["agent-properties"]
+
+
+def test_babylm_pipeline_loader_and_predictions(student, tmp_path):
+    """The BabyLM pipeline's causal path on an export: AutoModelForCausalLM / AutoProcessor with
+    trust_remote_code, its tokenization (defaults, offsets) scores a sentence as babylm-ds does; and
+    --babylm-results writes its predictions.json layout, whose accuracy (pred == good side) is ours."""
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    from babylm_ds.evaluation.babylm_pipeline import write_predictions
+    from babylm_ds.evaluation.zeroshot import item_decisions
+
+    model, tokenizer = student
+    out = tmp_path / "final"
+    export_hf(model, model.state_dict(), tokenizer, str(out))
+    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, revision=None).eval()
+    processor = AutoProcessor.from_pretrained(out, padding_side="right", revision=None, trust_remote_code=True)
+    sentence = "Who should Derek hug after shocking Richard?"
+    enc = processor(text=sentence, return_offsets_mapping=True)
+    assert enc["input_ids"][0] == tokenizer.bos_token_id and enc["offset_mapping"][0] == (0, 0)
+    ids = torch.tensor([enc["input_ids"]])
+    with torch.no_grad():
+        logp = torch.log_softmax(loaded(ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None]).sum().item()
+    assert logp == pytest.approx(score_texts(model, tokenizer, [("", sentence)])[0], abs=1e-4)
+
+    tasks = ["supplement/qa_congruence_easy", "ewok/physical-dynamics"]
+    decisions = item_decisions(model, tokenizer, tasks)
+    [supp, ewok] = write_predictions(str(tmp_path / "results"), "final", decisions)
+    assert supp.endswith("final/main/zero_shot/causal/blimp/supplement_filtered/predictions.json")
+    assert ewok.endswith("final/main/zero_shot/causal/ewok/ewok_filtered/predictions.json")
+    for path, bench, paradigm, key in ((supp, "supplement", "qa_congruence_easy", "sentence_good"),
+                                       (ewok, "ewok", "physical-dynamics", "Target1")):
+        preds = json.load(open(path))[paradigm]["predictions"]
+        rows = read_benchmark(bench)[paradigm]
+        assert [p["id"] for p in preds] == [f"{paradigm}_{i}" for i in range(len(rows))]
+        right = [p["pred"].strip() == row[key].strip() for p, row in zip(preds, rows)]
+        assert right == decisions[bench][paradigm]
+    report = (tmp_path / "results/final/main/zero_shot/causal/ewok/ewok_filtered/best_temperature_report.txt").read_text()
+    acc = 100 * sum(decisions["ewok"]["physical-dynamics"]) / 120
+    assert f"physical-dynamics: {acc:.2f}" in report
+    with pytest.raises(ValueError, match="without --limit|every item"):
+        write_predictions(str(tmp_path / "r2"), "final", item_decisions(model, tokenizer, tasks, limit=3))

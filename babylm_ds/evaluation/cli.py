@@ -3,6 +3,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import os
+import pathlib
 import sys
 import time
 
@@ -13,7 +14,7 @@ from . import report
 from .data import BENCHMARKS, resolve_dir
 from .load import load_model, resolve_device
 from .perplexity import perplexity
-from .zeroshot import evaluate_model
+from .zeroshot import accuracies, item_decisions
 
 
 def build_parser():
@@ -28,6 +29,8 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--data-dir", default=None,
                    help="eval data (default: the embedded data/eval; or BabyLM's evaluation_data/full_eval)")
+    p.add_argument("--babylm-results", default=None, metavar="DIR",
+                   help="also write the BabyLM evaluation pipeline's predictions.json files under DIR (all items)")
     p.add_argument("--ppl-data", default=None, help="prepared data dir: also report its --ppl-split perplexity")
     p.add_argument("--ppl-split", default="dev")
     p.add_argument("--ppl-max-seqs", type=int, default=None)
@@ -41,6 +44,8 @@ def build_parser():
 
 
 def run(args):
+    if args.babylm_results and (args.harness or args.limit):
+        raise ValueError("--babylm-results needs every item scored by babylm-ds: drop --limit and --harness")
     import torch
     from transformers.utils import logging
 
@@ -58,8 +63,14 @@ def run(args):
         result = evaluate_harness(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir)[0]
         result["harness"] = f"lm-eval {importlib.metadata.version('lm_eval')}"
     else:
-        result = evaluate_model(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir, device,
-                                progress=True)
+        decisions = item_decisions(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir, device,
+                                   progress=True)
+        result = accuracies(decisions)
+        if args.babylm_results:
+            from .babylm_pipeline import write_predictions
+
+            paths = write_predictions(args.babylm_results, pathlib.Path(args.model).stem, decisions, args.data_dir)
+            print(f"wrote {', '.join(paths)}", file=sys.stderr)
     if args.ppl_data:
         result["perplexity"] = perplexity(model, args.ppl_data, args.ppl_split, max_seqs=args.ppl_max_seqs, progress=True)
     manifest = os.path.join(args.model, "manifest.json")

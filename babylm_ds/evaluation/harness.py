@@ -91,7 +91,7 @@ def evaluate_harness(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from .zeroshot import bos_id
+    from .zeroshot import accuracies, bos_id
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task notes on --metadata and on passing a model object
     lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
@@ -100,20 +100,17 @@ def evaluate_harness(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=
     manager = TaskManager(include_path=TASK_DIR, include_defaults=False, metadata=metadata)
     out = lm_eval.simple_evaluate(lm, tasks=task_names(tasks), limit=limit, task_manager=manager, log_samples=True,
                                   num_fewshot=0, bootstrap_iters=0)
-    items, result = {}, {}
-    for bench in BENCHMARKS:
-        prefix = task_name(bench) + "_"
-        for name, samples in sorted(out["samples"].items()):
-            if name.startswith(prefix):
-                items[f"{bench}/{name[len(prefix):]}"] = [
-                    (int(s["acc"]), *(ll for ll, _ in s["filtered_resps"])) for s in sorted(samples, key=lambda s: s["doc_id"])]
-        acc = {key.split("/", 1)[1]: sum(r[0] for r in v) / len(v)
-               for key, v in items.items() if key.startswith(bench + "/") and v}
-        if acc:
-            result[bench] = {"mean": sum(acc.values()) / len(acc), "paradigms": acc,
-                             "pairs": sum(len(v) for k, v in items.items() if k.startswith(bench + "/"))}
-    result["macro"] = sum(result[b]["mean"] for b in result) / len(result)
-    return result, items
+    items = {}
+    for name, samples in out["samples"].items():
+        bench = next(b for b in BENCHMARKS if name.startswith(task_name(b) + "_"))
+        rows = sorted(samples, key=lambda s: s["doc_id"])
+        items[f"{bench}/{name[len(task_name(bench)) + 1:]}"] = [(int(s["acc"]), *(ll for ll, _ in s["filtered_resps"]))
+                                                                 for s in rows]
+    decisions = {}
+    for key, rows in sorted(items.items()):
+        bench, paradigm = key.split("/", 1)
+        decisions.setdefault(bench, {})[paradigm] = [bool(r[0]) for r in rows]
+    return accuracies(decisions), items
 
 
 def main(argv=None):

@@ -9,6 +9,7 @@ inside functions (the compiled / Triton kernels, always under `try: ... except I
 so the folder runs with torch + transformers alone and uses babylm_ds's kernels where it is installed.
 """
 import ast
+import copy
 import importlib
 import inspect
 import json
@@ -171,3 +172,14 @@ def write_remote_code(model, out_dir):
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
     return files
+
+
+def with_bos(tokenizer):
+    """A copy of `tokenizer` that prepends BOS when special tokens are asked for (`tokenizer(text)`'s
+    default), so HF consumers that tokenize with the defaults (the BabyLM pipeline's causal scorer)
+    condition on BOS as babylm-ds's scorer does. babylm-ds itself always passes `add_special_tokens=False`."""
+    if tokenizer.bos_token is None or getattr(tokenizer, "add_bos_token", None) is None:
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_bos_token = True  # transformers rebuilds the post-processor; saved in tokenizer.json
+    return tokenizer
