@@ -13,6 +13,7 @@ changed one is redone from scratch. --force redoes the selected --stages.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,26 @@ sys.path.insert(0, ROOT)
 from babylm_ds.utils.io import atomic_write_json, sha256_file  # noqa: E402
 
 STAGES = ("prepare", "teachers", "cache", "distill", "baseline", "eval", "report")
+# Lines a stage's command prints that the terminal does not show (they stay in OUT/logs/STAGE.log): DeepSpeed's
+# INFO/WARNING log lines, torch's CUDA probe on a CPU machine, Python warnings with their source line.
+NOISE = re.compile(r"\] \[(INFO|WARNING|DEBUG)\] \[|Unable to find hostfile|No CUDA runtime is found"
+                   r"|^\S+:\d+: \w*Warning: |^\s+warnings\.warn\(")
+
+
+def relay(pipe, log, out):
+    """Copy `pipe` (bytes) to the file `log` and, without NOISE lines, to the text stream `out`; progress bars
+    (lines ended by \\r) pass through as they come."""
+    rest = b""
+    while chunk := os.read(pipe.fileno(), 1 << 16):
+        log.write(chunk)
+        *lines, rest = re.split(rb"(?<=[\r\n])", rest + chunk)
+        for line in lines:
+            text = line.decode(errors="replace")
+            if not NOISE.search(text):
+                out.write(text)
+                out.flush()
+    if rest and not NOISE.search(text := rest.decode(errors="replace")):
+        out.write(text + "\n")
 
 
 def parse_args(argv=None):
@@ -102,7 +123,7 @@ class Pipeline:
         self.teachers = {f"teacher-{t}": os.path.join(self.out, "runs", f"teacher-{t}") for t in args.teachers}
         self.students = {f"student-kd-{args.student}": os.path.join(self.out, "runs", "student-kd"),
                          f"student-nokd-{args.student}": os.path.join(self.out, "runs", "student-nokd")}
-        self.times = {}
+        self.times, self.current = {}, "pipeline"
 
     # --- running commands ---------------------------------------------------------------------
     def launch(self, script, argv):
@@ -119,10 +140,17 @@ class Pipeline:
                 "--master_port", str(free_port()), script, *argv]
 
     def call(self, cmd, threads=None):
-        print("$ " + " ".join(cmd), flush=True)
-        rc = subprocess.call(cmd, env=_env(threads or max(1, self.cpus // self.world)), cwd=ROOT)
+        """Run `cmd`; its whole output goes to OUT/logs/STAGE.log, the terminal gets it without NOISE."""
+        log_path = os.path.join(self.out, "logs", f"{self.current}.log")
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        print("$ " + " ".join(cmd) + f"\n  (full log: {os.path.relpath(log_path)})", flush=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, env=_env(threads or max(1, self.cpus // self.world)), cwd=ROOT,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            relay(proc.stdout, log, sys.stdout)
+            rc = proc.wait()
         if rc != 0:
-            raise SystemExit(f"pipeline: command failed (exit {rc}): {' '.join(cmd)}")
+            raise SystemExit(f"pipeline: command failed (exit {rc}): {' '.join(cmd)}; see {log_path}")
 
     def stage(self, name, spec, outputs, verify, run):
         """Run `run(resume)` unless `outputs` verify and were made by the same `spec` (stamp file).
@@ -147,6 +175,7 @@ class Pipeline:
                 shutil.rmtree(path, ignore_errors=True)
         atomic_write_json(stamp_path, {"spec": spec, "done": False})
         print(f"[{name}] running", flush=True)
+        self.current = name
         t0 = time.time()
         run(same)
         try:
