@@ -11,6 +11,7 @@ import torch
 
 from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM
 from babylm_ds.models.card import CARD_FILES, update_scores
+from babylm_ds.models.registry import family_names, load_family
 from babylm_ds.models.remote_code import generate
 from babylm_ds.training import export_hf
 from launch import ROOT
@@ -160,3 +161,18 @@ def test_model_card_written_and_scores_update_outside_manifest(exported, tmp_pat
     assert "first 50 items per paradigm" in readme and "| blimp | 53.2 |" in readme and "| dev perplexity | 147.1 |" in readme
     assert "Not evaluated yet" not in readme and (out / "manifest.json").read_text() == manifest
     assert not update_scores(str(tmp_path), result)
+
+
+@pytest.mark.parametrize("name", family_names())
+def test_every_family_generates_standalone_code(name):
+    """Each model family under babylm_ds/models/ (BabyHGRN, and any added later) exports generated code that
+    compiles and imports nothing of babylm_ds at module level."""
+    family = load_family(name)
+    config_module = family.config_class.__module__
+    sources = [generate(config_module),
+               generate(family.auto_classes["AutoModelForCausalLM"].__module__, {config_module: f".configuration_{name}"})]
+    for source in sources:
+        compile(source, f"{name}.py", "exec")
+        tops = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+        assert not [line for line in tops if "babylm_ds" in line], tops
+    assert f"from .configuration_{name} import {family.config_class.__name__}" in sources[1]
