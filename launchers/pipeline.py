@@ -90,6 +90,7 @@ def _env(threads):
     import torch
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads),
+           "PYTHONUNBUFFERED": "1",  # the output is relayed through a pipe: show lines as they come
            "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))}
     if not torch.cuda.is_available():
@@ -143,7 +144,8 @@ class Pipeline:
         """Run `cmd`; its whole output goes to OUT/logs/STAGE.log, the terminal gets it without NOISE."""
         log_path = os.path.join(self.out, "logs", f"{self.current}.log")
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        print("$ " + " ".join(cmd) + f"\n  (full log: {os.path.relpath(log_path)})", flush=True)
+        shown = os.path.relpath(log_path) if not os.path.relpath(log_path).startswith("..") else log_path
+        print("$ " + " ".join(cmd) + f"\n  (full log: {shown})", flush=True)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, env=_env(threads or max(1, self.cpus // self.world)), cwd=ROOT,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
