@@ -119,6 +119,8 @@ class Pipeline:
         self.args, self.out = args, os.path.abspath(args.out)
         self.data, self.cache = os.path.join(self.out, "data"), os.path.join(self.out, "cache")
         self.gpus = torch.cuda.device_count()
+        if not self.gpus:  # as for the stages' commands; DeepSpeed (imported for free_port) then does not warn
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         self.world = min(args.world_size, self.gpus) if self.gpus else args.world_size
         self.cpus = os.cpu_count() or 1
         self.teachers = {f"teacher-{t}": os.path.join(self.out, "runs", f"teacher-{t}") for t in args.teachers}
