@@ -25,24 +25,31 @@ sys.path.insert(0, ROOT)
 from babylm_ds.utils.io import atomic_write_json, sha256_file  # noqa: E402
 
 STAGES = ("prepare", "teachers", "cache", "distill", "baseline", "eval", "report")
-# Lines a stage's command prints that the terminal does not show (they stay in OUT/logs/STAGE.log): DeepSpeed's
-# INFO/WARNING log lines, torch's CUDA probe on a CPU machine, Python warnings with their source line.
-NOISE = re.compile(r"\] \[(INFO|WARNING|DEBUG)\] \[|Unable to find hostfile|No CUDA runtime is found"
-                   r"|^\S+:\d+: \w*Warning: |^\s+warnings\.warn\(")
+# What a stage's command prints that the terminal does not show (all of it stays in OUT/logs/STAGE.log):
+# DeepSpeed's INFO/WARNING lines and op-loading chatter, torch's glog-style lines (the CUDA probe on a CPU
+# machine), Python warnings with the source line printed under them.
+NOISE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING|DEBUG)\] |Unable to find hostfile"
+                   r"|[WI]\d{4} [\d:.]+ +\d+ \S+:\d+\] |DeepSpeed \S+ built successfully|Time to load \w+ op"
+                   r"|Loading extension module|Emitting ninja build file|Allowing ninja to set"
+                   r"|/[\w./-]+\.py:\d+: \w*Warning: ")
 
 
 def relay(pipe, log, out):
-    """Copy `pipe` (bytes) to the file `log` and, without NOISE lines, to the text stream `out`; progress bars
-    (lines ended by \\r) pass through as they come."""
-    rest = b""
+    """Copy `pipe` (bytes) to the file `log` and, without NOISE, to the text stream `out`. Output is cut at
+    \\n and \\r, so progress bars pass as they come; noise glued to a bar is cut off it."""
+    rest, warning = b"", False
     while chunk := os.read(pipe.fileno(), 1 << 16):
         log.write(chunk)
         *lines, rest = re.split(rb"(?<=[\r\n])", rest + chunk)
         for line in lines:
             text = line.decode(errors="replace")
-            if not NOISE.search(text):
-                out.write(text)
-                out.flush()
+            if warning and text.startswith("  "):  # the source line Python prints under a warning
+                warning = False
+                continue
+            if m := NOISE.search(text):
+                warning, text = m.group().endswith("Warning: "), text[:m.start()].rstrip(" ")
+            out.write(text)
+            out.flush()
     if rest and not NOISE.search(text := rest.decode(errors="replace")):
         out.write(text + "\n")
 
