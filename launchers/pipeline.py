@@ -30,7 +30,7 @@ STAGES = ("prepare", "teachers", "cache", "distill", "baseline", "eval", "report
 # machine), Python warnings with the source line printed under them.
 NOISE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING|DEBUG)\] |Unable to find hostfile"
                    r"|[WI]\d{4} [\d:.]+ +\d+ \S+:\d+\] |DeepSpeed \S+ built successfully|Time to load \w+ op"
-                   r"|Loading extension module|Emitting ninja build file|Allowing ninja to set|`loss_type=None` was set"
+                   r"|Loading extension module|Emitting ninja build file|Allowing ninja to set|\[transformers\] `loss_type=None`"
                    r"|/[\w./-]+\.py:\d+: \w*Warning: ")
 
 
