@@ -30,8 +30,8 @@ STAGES = ("prepare", "teachers", "cache", "distill", "baseline", "eval", "report
 # machine), Python warnings with the source line printed under them.
 NOISE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING|DEBUG)\] |Unable to find hostfile"
                    r"|[WI]\d{4} [\d:.]+ +\d+ \S+:\d+\] |DeepSpeed \S+ built successfully|Time to load \w+ op"
-                   r"|Loading extension module|Emitting ninja build file|Allowing ninja to set|\[transformers\] `loss_type=None`"
-                   r"|/[\w./-]+\.py:\d+: \w*Warning: ")
+                   r"|Loading extension module|Emitting ninja build file|Allowing ninja to set"
+                   r"|\[transformers\] `loss_type=None`|/[\w./-]+\.py:\d+: \w*Warning: ")
 
 
 def relay(pipe, log, out):
