@@ -12,8 +12,11 @@ from the embedded data's paradigms; tests check that the shipped files equal the
 """
 import argparse
 import os
+import shutil
+import tempfile
 
-from .data import BENCHMARKS, read_benchmark
+from .data import BENCHMARKS, load_tasks, read_benchmark
+from .zeroshot import score_texts
 
 TASK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lm_eval_tasks")
 TEMPLATE = """\
@@ -24,7 +27,7 @@ test_split: test
 doc_to_text: context
 doc_to_choice: choices
 doc_to_target: 0
-target_delimiter: ""
+target_delimiter: {delimiter}
 num_fewshot: 0
 metric_list:
   - metric: acc
@@ -50,9 +53,10 @@ def _group(name, members):
     return f"group: {name}\ntask:\n" + "".join(f"  - {m}\n" for m in members) + _GROUP_TAIL
 
 
-def task_files(data_dir=None):
-    """{file name: YAML text} of every task and group, for the paradigms found in `data_dir`."""
-    files = {"_babylm_template_yaml": TEMPLATE, "babylm.yaml": _group("babylm", [task_name(b) for b in BENCHMARKS])}
+def task_files(data_dir=None, delimiter='""'):
+    """{file name: YAML text} of every task and group, for the paradigms found in `data_dir`
+    (`delimiter`: lm-eval's target_delimiter as YAML; lm-eval's stock BLiMP uses " ")."""
+    files = {"_babylm_template_yaml": TEMPLATE.format(delimiter=delimiter), "babylm.yaml": _group("babylm", [task_name(b) for b in BENCHMARKS])}
     for bench in BENCHMARKS:
         paradigms = sorted(read_benchmark(bench, data_dir))
         files[f"{task_name(bench)}.yaml"] = _group(task_name(bench), [task_name(bench, p) for p in paradigms])
@@ -62,12 +66,14 @@ def task_files(data_dir=None):
     return files
 
 
-def write_tasks(out_dir=TASK_DIR, data_dir=None):
-    """(Re)write the task configs into `out_dir` (the loader `babylm.py` lives there too)."""
+def write_tasks(out_dir=TASK_DIR, data_dir=None, delimiter='""'):
+    """(Re)write the task configs into `out_dir`, with the loader `babylm.py` beside them."""
     from babylm_ds.utils.io import atomic_write_bytes
 
-    for name, text in task_files(data_dir).items():
+    for name, text in task_files(data_dir, delimiter).items():
         atomic_write_bytes(os.path.join(out_dir, name), text.encode())
+    if os.path.abspath(out_dir) != TASK_DIR:
+        shutil.copy(os.path.join(TASK_DIR, "babylm.py"), out_dir)
 
 
 def task_names(tasks):
@@ -81,7 +87,7 @@ def task_names(tasks):
     return names
 
 
-def evaluate_harness(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=64, data_dir=None):
+def evaluate_harness(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=64, data_dir=None, task_dir=TASK_DIR):
     """Score `tasks` with lm-evaluation-harness on an already loaded HF model.
 
     Returns (result in `evaluate_model`'s format, {"bench/paradigm": [(right, logp_good, logp_bad), ...]})."""
@@ -97,7 +103,7 @@ def evaluate_harness(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=
     lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
               prefix_token_id=bos_id(model, tokenizer))
     metadata = {"data_dir": data_dir, "bos": tokenizer.convert_ids_to_tokens(bos_id(model, tokenizer))}
-    manager = TaskManager(include_path=TASK_DIR, include_defaults=False, metadata=metadata)
+    manager = TaskManager(include_path=task_dir, include_defaults=False, metadata=metadata)
     out = lm_eval.simple_evaluate(lm, tasks=task_names(tasks), limit=limit, task_manager=manager, log_samples=True,
                                   num_fewshot=0, bootstrap_iters=0)
     items = {}
@@ -113,11 +119,45 @@ def evaluate_harness(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=
     return accuracies(decisions), items
 
 
+def compare(model_dir, limit=None, delimiter='""', batch_size=64):
+    """Items scored by lm-eval (tasks written with `delimiter`) vs `babylm-ds eval`: (items, decisions that
+    differ, largest |log p difference| of the scored strings)."""
+    from .load import load_model
+    from .zeroshot import item_decisions
+
+    model, tokenizer = load_model(model_dir)
+    ours = item_decisions(model, tokenizer, BENCHMARKS, limit, batch_size)
+    with tempfile.TemporaryDirectory() as d:
+        write_tasks(d, delimiter=delimiter)
+        items = evaluate_harness(model, tokenizer, BENCHMARKS, limit, batch_size, task_dir=d)[1]
+    pairs = load_tasks(BENCHMARKS, limit)
+    n = differ = 0
+    gap = 0.0
+    for key, rows in items.items():
+        bench, paradigm = key.split("/", 1)
+        n += len(rows)
+        differ += sum(bool(r[0]) != right for r, right in zip(rows, ours[bench][paradigm]))
+        scores = score_texts(model, tokenizer, [p[:2] for p in pairs[bench][paradigm]] +
+                             [p[2:] for p in pairs[bench][paradigm]], batch_size)
+        got = [r[1] for r in rows] + [r[2] for r in rows]
+        gap = max([gap] + [abs(a - b) for a, b in zip(got, scores)])
+    return n, differ, gap
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Regenerate the lm-eval task configs in " + TASK_DIR)
+    p = argparse.ArgumentParser(description="Regenerate the lm-eval task configs in " + TASK_DIR + ", or --compare "
+                                            "lm-eval's scores of a model with babylm-ds eval's, item for item.")
     p.add_argument("--out", default=TASK_DIR)
     p.add_argument("--data-dir", default=None, help="eval data whose paradigms get tasks (default: embedded)")
+    p.add_argument("--compare", metavar="MODEL", default=None, help="an HF model dir to score both ways")
+    p.add_argument("--limit", type=int, default=None, help="with --compare: first N items per paradigm")
+    p.add_argument("--target-delimiter", default='""', help='with --compare: YAML of lm-eval\'s target_delimiter')
     args = p.parse_args(argv)
+    if args.compare:
+        n, differ, gap = compare(args.compare, args.limit, args.target_delimiter)
+        print(f"target_delimiter {args.target_delimiter}: {n} items, {differ} decisions differ, "
+              f"largest |log p difference| {gap:.2e}")
+        return
     write_tasks(args.out, args.data_dir)
     print(f"wrote {len(task_files(args.data_dir))} files to {args.out}")
 
