@@ -40,6 +40,7 @@ setup(
     version="0.1.0",
     description="DeepSpeed-scaled sample-efficient LM pretraining with teacher-student distillation",
     packages=find_packages(include=["babylm_ds", "babylm_ds.*"]),
+    package_data={"babylm_ds.evaluation": ["lm_eval_tasks/*"]},
     python_requires=">=3.10",
     ext_modules=ext_modules,
     cmdclass=cmdclass,

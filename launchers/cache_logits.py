@@ -9,11 +9,12 @@ import argparse
 import os
 import sys
 
-import torch
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# DeepSpeed compiles its CPU ops (≈3-4 min, once) into TORCH_EXTENSIONS_DIR: keep them in the project.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))
 
-from babylm_ds.cache import combined_logits, load_teachers, normalise_weights, teacher_info, write_cache
-from babylm_ds.cache.format import id_dtype
-from babylm_ds.training.args import add_dist_args
+from babylm_ds.training.args import add_dist_args  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -37,6 +38,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import torch
+
+    from babylm_ds.cache import combined_logits, load_teachers, normalise_weights, teacher_info, write_cache
+    from babylm_ds.cache.format import id_dtype
     from babylm_ds.data import PackedDataset, load_meta
     from babylm_ds.training.dist import init_distributed
 

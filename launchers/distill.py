@@ -14,16 +14,18 @@ import argparse
 import os
 import sys
 
-import torch
-import torch.distributed as dist
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# DeepSpeed compiles its CPU ops (≈3-4 min, once) into TORCH_EXTENSIONS_DIR: keep them in the project.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))
 
-from babylm_ds.cache import TeacherCache, combined_logits, load_teachers, normalise_weights  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from babylm_ds.cache import TeacherCache, combined_logits, load_teachers, normalise_weights, teacher_info  # noqa: E402
 from babylm_ds.losses import TAIL_MODES, hidden_mse, kd_loss, kd_loss_full  # noqa: E402
 from babylm_ds.models import model_from_arg, parse_overrides  # noqa: E402
-from babylm_ds.training import Trainer, add_train_args, build_ds_config, init_distributed  # noqa: E402
+from babylm_ds.training import add_train_args, build_ds_config  # noqa: E402
 
 # Defaults a preset fills in (flags still override). The teachers (trained HF dirs of the model presets
 # named in each comment) come from --teachers or are baked into --teacher-cache.
@@ -171,9 +173,21 @@ def online_teachers(args, student, world):
     return teachers, teachers, weights, layer_map
 
 
+def card_facts(args, cache):
+    """Model-card facts of the distillation: the teachers (from the cache's manifest, or the online dirs)."""
+    if cache is not None:
+        teachers, k = cache.config["teachers"], cache.config["k"]
+    else:
+        weights = normalise_weights(args.teacher_weights, len(args.teachers))
+        teachers, k = [teacher_info(p, w) for p, w in zip(args.teachers, weights)], None
+    return {"distillation": {"teachers": [{key: t[key] for key in ("name", "model_type", "weight")} for t in teachers],
+                             "k": k, "alpha": args.alpha, "temperature": args.temperature}}
+
+
 def main(argv=None):
     args = parse_args(argv)
     from babylm_ds.data import PackedDataset, load_meta, load_tokenizer
+    from babylm_ds.training import Trainer, init_distributed
     meta = load_meta(args.data)
     train_ds, dev_ds = PackedDataset(args.data, "train"), PackedDataset(args.data, "dev")
     cache = open_cache(args.teacher_cache, meta, len(train_ds)) if args.teacher_cache else None
@@ -185,7 +199,8 @@ def main(argv=None):
     else:
         teachers, frozen, weights, layer_map = online_teachers(args, student, world)
         loss_fn = online_loss(args, teachers, weights, layer_map)
-    summary = Trainer(args, student, train_ds, dev_ds, load_tokenizer(args.data), loss_fn, frozen).train()
+    summary = Trainer(args, student, train_ds, dev_ds, load_tokenizer(args.data), loss_fn, frozen,
+                      card_facts(args, cache)).train()
     if rank == 0:
         print(f"done: {summary}")
     return 0

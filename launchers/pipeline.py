@@ -13,6 +13,7 @@ changed one is redone from scratch. --force redoes the selected --stages.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,33 @@ sys.path.insert(0, ROOT)
 from babylm_ds.utils.io import atomic_write_json, sha256_file  # noqa: E402
 
 STAGES = ("prepare", "teachers", "cache", "distill", "baseline", "eval", "report")
+# What a stage's command prints that the terminal does not show (all of it stays in OUT/logs/STAGE.log):
+# DeepSpeed's INFO/WARNING lines and op-loading chatter, torch's glog-style lines (the CUDA probe on a CPU
+# machine), Python warnings with the source line printed under them.
+NOISE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING|DEBUG)\] |Unable to find hostfile"
+                   r"|[WI]\d{4} [\d:.]+ +\d+ \S+:\d+\] |DeepSpeed \S+ built successfully|Time to load \w+ op"
+                   r"|Loading extension module|Emitting ninja build file|Allowing ninja to set"
+                   r"|\[transformers\] `loss_type=None`|/[\w./-]+\.py:\d+: \w*Warning: ")
+
+
+def relay(pipe, log, out):
+    """Copy `pipe` (bytes) to the file `log` and, without NOISE, to the text stream `out`. Output is cut at
+    \\n and \\r, so progress bars pass as they come; noise glued to a bar is cut off it."""
+    rest, warning = b"", False
+    while chunk := os.read(pipe.fileno(), 1 << 16):
+        log.write(chunk)
+        *lines, rest = re.split(rb"(?<=[\r\n])", rest + chunk)
+        for line in lines:
+            text = line.decode(errors="replace")
+            if warning and text.startswith("  "):  # the source line Python prints under a warning
+                warning = False
+                continue
+            if m := NOISE.search(text):
+                warning, text = m.group().endswith("Warning: "), text[:m.start()].rstrip(" ")
+            out.write(text)
+            out.flush()
+    if rest and not NOISE.search(text := rest.decode(errors="replace")):
+        out.write(text + "\n")
 
 
 def parse_args(argv=None):
@@ -69,6 +97,7 @@ def _env(threads):
     import torch
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads),
+           "PYTHONUNBUFFERED": "1",  # the output is relayed through a pipe: show lines as they come
            "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))}
     if not torch.cuda.is_available():
@@ -97,12 +126,14 @@ class Pipeline:
         self.args, self.out = args, os.path.abspath(args.out)
         self.data, self.cache = os.path.join(self.out, "data"), os.path.join(self.out, "cache")
         self.gpus = torch.cuda.device_count()
+        if not self.gpus:  # as for the stages' commands; DeepSpeed (imported for free_port) then does not warn
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         self.world = min(args.world_size, self.gpus) if self.gpus else args.world_size
         self.cpus = os.cpu_count() or 1
         self.teachers = {f"teacher-{t}": os.path.join(self.out, "runs", f"teacher-{t}") for t in args.teachers}
         self.students = {f"student-kd-{args.student}": os.path.join(self.out, "runs", "student-kd"),
                          f"student-nokd-{args.student}": os.path.join(self.out, "runs", "student-nokd")}
-        self.times = {}
+        self.times, self.current = {}, "pipeline"
 
     # --- running commands ---------------------------------------------------------------------
     def launch(self, script, argv):
@@ -119,10 +150,18 @@ class Pipeline:
                 "--master_port", str(free_port()), script, *argv]
 
     def call(self, cmd, threads=None):
-        print("$ " + " ".join(cmd), flush=True)
-        rc = subprocess.call(cmd, env=_env(threads or max(1, self.cpus // self.world)), cwd=ROOT)
+        """Run `cmd`; its whole output goes to OUT/logs/STAGE.log, the terminal gets it without NOISE."""
+        log_path = os.path.join(self.out, "logs", f"{self.current}.log")
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        shown = os.path.relpath(log_path) if not os.path.relpath(log_path).startswith("..") else log_path
+        print("$ " + " ".join(cmd) + f"\n  (full log: {shown})", flush=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, env=_env(threads or max(1, self.cpus // self.world)), cwd=ROOT,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            relay(proc.stdout, log, sys.stdout)
+            rc = proc.wait()
         if rc != 0:
-            raise SystemExit(f"pipeline: command failed (exit {rc}): {' '.join(cmd)}")
+            raise SystemExit(f"pipeline: command failed (exit {rc}): {' '.join(cmd)}; see {log_path}")
 
     def stage(self, name, spec, outputs, verify, run):
         """Run `run(resume)` unless `outputs` verify and were made by the same `spec` (stamp file).
@@ -147,6 +186,7 @@ class Pipeline:
                 shutil.rmtree(path, ignore_errors=True)
         atomic_write_json(stamp_path, {"spec": spec, "done": False})
         print(f"[{name}] running", flush=True)
+        self.current = name
         t0 = time.time()
         run(same)
         try:

@@ -4,13 +4,15 @@
   torchrun --nproc_per_node 2 launchers/pretrain.py ...      python launchers/pretrain.py ...  (one process)
 """
 import argparse
+import os
 import sys
 
-import torch
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# DeepSpeed compiles its CPU ops (≈3-4 min, once) into TORCH_EXTENSIONS_DIR: keep them in the project.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))
 
-from babylm_ds.data import PackedDataset, load_meta, load_tokenizer
-from babylm_ds.models import model_from_arg, parse_overrides
-from babylm_ds.training import Trainer, add_train_args, init_distributed
+from babylm_ds.training import add_train_args  # noqa: E402
 
 
 def main(argv=None):
@@ -18,6 +20,12 @@ def main(argv=None):
     parser.add_argument("--model-config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model config overrides, e.g. hidden_size=256 num_hidden_layers=4")
     args = parser.parse_args(argv)
+    import torch
+
+    from babylm_ds.data import PackedDataset, load_meta, load_tokenizer
+    from babylm_ds.models import model_from_arg, parse_overrides
+    from babylm_ds.training import Trainer, init_distributed
+
     rank, _ = init_distributed(args.dist_timeout)
     try:
         meta, tokenizer = load_meta(args.data), load_tokenizer(args.data)

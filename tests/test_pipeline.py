@@ -33,6 +33,14 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
         assert json.loads((out / "runs" / run / "summary.json").read_text())["steps"] == 3
         assert (out / "runs" / run / "final" / "manifest.json").is_file()
     assert (out / "cache" / "manifest.json").is_file()
+    # the terminal shows stages and results, not DeepSpeed's launcher lines; those stay in the stage logs
+    assert "Unable to find hostfile" not in log and "] [INFO] [" not in log
+    assert "Unable to find hostfile" in (out / "logs" / "teacher-llama-tiny.log").read_text()
+    # the distilled student: self-contained (auto_map), its card names the teachers and the eval's scores
+    final = out / "runs" / "student-kd" / "final"
+    assert json.loads((final / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"].startswith("modeling_")
+    card = (final / "README.md").read_text()
+    assert "teacher-llama-tiny/final (llama" in card and "| blimp |" in card and "first 1 items per paradigm" in card
     names = ["teacher-llama-tiny", "teacher-gpt2-tiny", "student-kd-babyhgrn-tiny", "student-nokd-babyhgrn-tiny"]
     results = json.loads((out / "results.json").read_text())
     assert sorted(results) == sorted(names)

@@ -13,6 +13,7 @@ import signal
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from babylm_ds.losses import TAIL_MODES, cache_kl
 from babylm_ds.utils.io import atomic_path, atomic_write_json, sha256_file
@@ -107,12 +108,17 @@ def write_cache(out_dir, dataset, config, teacher_fn, batch_size=8, rank=0, worl
     csha, size = config_sha(config), record_dtype(config).itemsize
     ranges = shard_ranges(config["num_sequences"], config["shard_size"])
     done = redone = 0
-    for start, end in ranges[rank::world_size]:
+    mine = ranges[rank::world_size]
+    bar = tqdm(total=sum(end - start for start, end in mine), unit="seq", desc="teacher logits (rank 0)",
+               disable=rank != 0, dynamic_ncols=True)
+    for start, end in mine:
         if _shard_done(out_dir, start, end, csha, (end - start) * size):
             done += 1
-            continue
-        write_shard(out_dir, dataset, start, end, teacher_fn, config, batch_size, device)
-        redone += 1
+        else:
+            write_shard(out_dir, dataset, start, end, teacher_fn, config, batch_size, device)
+            redone += 1
+        bar.update(end - start)
+    bar.close()
     log(f"[rank {rank}] cache shards: {done} verified and kept, {redone} written")
     barrier()
     if rank != 0:

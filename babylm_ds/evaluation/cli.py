@@ -1,17 +1,20 @@
 """`babylm-ds eval`: zero-shot BLiMP / supplement / EWoK (+ optional dev perplexity) of one model."""
 import argparse
 import contextlib
+import importlib.metadata
 import os
+import pathlib
 import sys
 import time
 
+from babylm_ds.models.card import update_scores
 from babylm_ds.utils.io import sha256_file
 
 from . import report
 from .data import BENCHMARKS, resolve_dir
 from .load import load_model, resolve_device
 from .perplexity import perplexity
-from .zeroshot import evaluate_model
+from .zeroshot import accuracies, item_decisions
 
 
 def build_parser():
@@ -19,10 +22,15 @@ def build_parser():
     p.add_argument("--model", required=True, help="HF model dir, training output dir, or DeepSpeed checkpoint dir")
     p.add_argument("--tasks", default=",".join(BENCHMARKS),
                    help="comma list of blimp, supplement, ewok or BENCH/PARADIGM (ewok adds ewok_swap)")
-    p.add_argument("--limit", type=int, default=None, help="first N items per paradigm (default: all)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="first N items per paradigm (default: all, ≈20 min on 2 CPU cores for a 3M model)")
+    p.add_argument("--harness", action="store_true",
+                   help="score with lm-evaluation-harness and the shipped task configs (no ewok_swap); same accuracies")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--data-dir", default=None,
                    help="eval data (default: the embedded data/eval; or BabyLM's evaluation_data/full_eval)")
+    p.add_argument("--babylm-results", default=None, metavar="DIR",
+                   help="also write the BabyLM evaluation pipeline's predictions.json files under DIR (all items)")
     p.add_argument("--ppl-data", default=None, help="prepared data dir: also report its --ppl-split perplexity")
     p.add_argument("--ppl-split", default="dev")
     p.add_argument("--ppl-max-seqs", type=int, default=None)
@@ -36,6 +44,8 @@ def build_parser():
 
 
 def run(args):
+    if args.babylm_results and (args.harness or args.limit):
+        raise ValueError("--babylm-results needs every item scored by babylm-ds: drop --limit and --harness")
     import torch
     from transformers.utils import logging
 
@@ -47,7 +57,20 @@ def run(args):
     device = resolve_device(args.device)
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results (deepspeed logs there)
         model, tokenizer = load_model(args.model, device=device)
-    result = evaluate_model(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir, device, progress=True)
+    if args.harness:
+        from .harness import evaluate_harness
+
+        result = evaluate_harness(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir)[0]
+        result["harness"] = f"lm-eval {importlib.metadata.version('lm_eval')}"
+    else:
+        decisions = item_decisions(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir, device,
+                                   progress=True)
+        result = accuracies(decisions)
+        if args.babylm_results:
+            from .babylm_pipeline import write_predictions
+
+            paths = write_predictions(args.babylm_results, pathlib.Path(args.model).stem, decisions, args.data_dir)
+            print(f"wrote {', '.join(paths)}", file=sys.stderr)
     if args.ppl_data:
         result["perplexity"] = perplexity(model, args.ppl_data, args.ppl_split, max_seqs=args.ppl_max_seqs, progress=True)
     manifest = os.path.join(args.model, "manifest.json")
@@ -58,6 +81,9 @@ def run(args):
     name = args.name or os.path.basename(os.path.dirname(model_dir) if os.path.basename(model_dir) == "final" else model_dir)
     out = args.out or os.path.join(args.model, "eval", "zeroshot")
     report.save(out, {name: result})
+    for model_dir in (args.model, os.path.join(args.model, "final")):
+        if update_scores(model_dir, result):  # the exported model's card (README.md)
+            break
     if args.tb_dir:
         report.log_tensorboard(args.tb_dir, result, args.step)
     print(report.markdown_table({name: result}), end="")

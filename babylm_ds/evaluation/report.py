@@ -54,27 +54,40 @@ def log_tensorboard(logdir, result, step=0, prefix="zeroshot"):
 
 
 def bar_chart(path, results, title="Zero-shot accuracy"):
-    """Grouped bars: one group per benchmark, one bar per model (PNG, atomic)."""
+    """Grouped bars with their values: one group per benchmark, one bar per model, the 50% chance line
+    labelled, the y range fitted to the scores; a second panel with dev perplexity when known (PNG, atomic)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in ROWS if any(r in res for res in results.values())]
+    ppl = {name: res["perplexity"]["perplexity"] for name, res in results.items() if "perplexity" in res}
     width = 0.8 / max(1, len(results))
-    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
+    fig, axes = plt.subplots(1, 2 if ppl else 1, figsize=(1.8 * len(rows) + 2 + (3 if ppl else 0), 4.5),
+                             gridspec_kw={"width_ratios": [len(rows), 1.5]} if ppl else None, squeeze=False)
+    ax = axes[0, 0]
+    values = []
     for k, (name, res) in enumerate(results.items()):
         xs = [i + k * width for i in range(len(rows))]
-        ax.bar(xs, [100 * (score(res, r) or 0) for r in rows], width, label=name)
-    ax.axhline(50, color="grey", lw=0.8, ls="--")
+        ys = [100 * score(res, r) if r in res else float("nan") for r in rows]
+        values += [y for y in ys if y == y]
+        ax.bar_label(ax.bar(xs, ys, width, label=name), fmt="%.1f", fontsize=7, padding=1)
+    ax.axhline(50, color="grey", lw=0.8, ls="--", label="chance (50%)")
     ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(rows))], rows)
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    lo, hi = min(values + [50]), max(values + [50])
+    ax.set_ylim(max(0, lo - 5), min(100, hi + 6))
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    if ppl:
+        ax = axes[0, 1]
+        colors = [f"C{k}" for k, name in enumerate(results) if name in ppl]
+        ax.bar_label(ax.bar(range(len(ppl)), list(ppl.values()), color=colors), fmt="%.1f", fontsize=7, padding=1)
+        ax.set_xticks(range(len(ppl)), [""] * len(ppl))
+        ax.set_title("dev perplexity (lower is better)", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path
-

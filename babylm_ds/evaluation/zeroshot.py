@@ -66,9 +66,9 @@ def score_texts(model, tokenizer, texts, batch_size=64, device=None, progress=Fa
     return scores
 
 
-def evaluate_model(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=64, data_dir=None, device=None,
+def item_decisions(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=64, data_dir=None, device=None,
                    progress=False):
-    """Zero-shot accuracies: {bench: {"mean": acc, "paradigms": {name: acc}, "pairs": n}, ..., "macro": x}.
+    """{bench: {paradigm: [True where the good side scores at least as high, ...]}} in item order.
 
     `tasks`: see `data.load_tasks` (selecting ewok adds "ewok_swap"); `limit`: items per paradigm."""
     items = load_tasks(tasks, limit, data_dir)
@@ -79,12 +79,25 @@ def evaluate_model(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=64
                 keys.setdefault((pa, ca), len(keys))
                 keys.setdefault((pb, cb), len(keys))
     scores = score_texts(model, tokenizer, list(keys), batch_size, device, progress)
+    return {bench: {p: [scores[keys[a[:2]]] >= scores[keys[a[2:]]] for a in pairs] for p, pairs in paradigms.items()}
+            for bench, paradigms in items.items()}
+
+
+def accuracies(decisions):
+    """`evaluate_model`'s result from `item_decisions`."""
     out = {}
-    for bench, paradigms in items.items():
-        acc = {p: sum(scores[keys[a[:2]]] >= scores[keys[a[2:]]] for a in pairs) / len(pairs)
-               for p, pairs in paradigms.items() if pairs}
+    for bench, paradigms in decisions.items():
+        acc = {p: sum(right) / len(right) for p, right in paradigms.items() if right}
         out[bench] = {"mean": sum(acc.values()) / len(acc), "paradigms": acc,
-                      "pairs": sum(len(p) for p in paradigms.values())}
+                      "pairs": sum(len(right) for right in paradigms.values())}
     main = [out[b]["mean"] for b in BENCHMARKS if b in out]
     out["macro"] = sum(main) / len(main)
     return out
+
+
+def evaluate_model(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=64, data_dir=None, device=None,
+                   progress=False):
+    """Zero-shot accuracies: {bench: {"mean": acc, "paradigms": {name: acc}, "pairs": n}, ..., "macro": x}.
+
+    `tasks`: see `data.load_tasks` (selecting ewok adds "ewok_swap"); `limit`: items per paradigm."""
+    return accuracies(item_decisions(model, tokenizer, tasks, limit, batch_size, data_dir, device, progress))

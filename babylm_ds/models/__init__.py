@@ -1,14 +1,18 @@
-"""Model zoo; importing this package registers BabyHGRN with the transformers Auto classes."""
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+"""Model zoo and the project's own HF model families (registered with the Auto classes by `import babylm_ds`).
 
+The zoo (`babylm_ds.models.zoo`: presets, builders) is imported on first use of its names, so that
+registration does not pay for the Llama / GPT-2 modeling imports.
+"""
 from babylm_ds.models.babyhgrn import BabyHGRNConfig, BabyHGRNForCausalLM, BabyHGRNModel, HGRN2Cache
-from babylm_ds.models.zoo import (
-    PRESETS, build_model, count_parameters, model_from_arg, parse_overrides, preset_names,
-)
 
-AutoConfig.register(BabyHGRNConfig.model_type, BabyHGRNConfig, exist_ok=True)
-AutoModel.register(BabyHGRNConfig, BabyHGRNModel, exist_ok=True)
-AutoModelForCausalLM.register(BabyHGRNConfig, BabyHGRNForCausalLM, exist_ok=True)
+_ZOO = ("PRESETS", "build_model", "count_parameters", "model_from_arg", "parse_overrides", "preset_names")
 
-__all__ = ["BabyHGRNConfig", "BabyHGRNForCausalLM", "BabyHGRNModel", "HGRN2Cache",
-           "PRESETS", "build_model", "count_parameters", "model_from_arg", "parse_overrides", "preset_names"]
+__all__ = ["BabyHGRNConfig", "BabyHGRNForCausalLM", "BabyHGRNModel", "HGRN2Cache", *_ZOO]
+
+
+def __getattr__(name):
+    if name in _ZOO:
+        from babylm_ds.models import zoo
+
+        return getattr(zoo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

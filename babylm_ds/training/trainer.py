@@ -3,6 +3,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 
 import deepspeed
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from babylm_ds.models.card import architecture, facts, launch_command, write_card
+from babylm_ds.models.remote_code import with_bos, write_remote_code
 from babylm_ds.training.config import build_ds_config
 from babylm_ds.training.dist import Watchdog, gather_state_dict, init_distributed
 from babylm_ds.training.sampler import ResumableSampler
@@ -42,16 +45,22 @@ def fresh_copy(module, state_dict):
     return model.eval()
 
 
-def export_hf(module, state_dict, tokenizer, out_dir):
-    """Write `out_dir` atomically as an HF model dir (safetensors + config + tokenizer + manifest.json
-    with sha256 of every file)."""
+def export_hf(module, state_dict, tokenizer, out_dir, card=None):
+    """Write `out_dir` atomically as a self-contained HF model dir: safetensors + config + tokenizer (adding
+    BOS by default, see `with_bos`), the generated modeling code of the project's own model families
+    (`auto_map`, for trust_remote_code), manifest.json with sha256 of every file, and the model card
+    (README.md) from `card`'s facts."""
     tmp = f"{out_dir}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    fresh_copy(module, state_dict).save_pretrained(tmp, safe_serialization=True)
+    model = fresh_copy(module, state_dict)
+    model.save_pretrained(tmp, safe_serialization=True)
+    write_remote_code(model, tmp)
     if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+        with_bos(tokenizer).save_pretrained(tmp)
     files = sorted(f for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f)))
     atomic_write_json(os.path.join(tmp, "manifest.json"), {f: sha256_file(os.path.join(tmp, f)) for f in files})
+    if card is not None:
+        write_card(tmp, {**card, "architecture": architecture(model)})
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 
@@ -64,15 +73,19 @@ class Trainer:
     on the device in eval mode without gradients (bf16 under --bf16), outside the engine: they are
     neither optimized, checkpointed nor exported. Submodules of `model` that are trained but not part
     of the exported model are named by prefixes in `model.export_exclude` (e.g. ("kd_proj.",)).
-    Dev loss is always the model's own CE."""
+    Dev loss is always the model's own CE. `card`: extra model-card facts (e.g. the distillation teachers)."""
 
-    def __init__(self, args, model, train_ds, dev_ds, tokenizer, loss_fn=None, frozen_modules=()):
+    def __init__(self, args, model, train_ds, dev_ds, tokenizer, loss_fn=None, frozen_modules=(), card=None):
         self.args, self.model, self.train_ds, self.dev_ds, self.tokenizer = args, model, train_ds, dev_ds, tokenizer
+        self.card = card
         self.loss_fn = loss_fn or causal_lm_loss
         self.frozen_modules = list(frozen_modules)
         self.rank, self.world = init_distributed(args.dist_timeout)
         self.cfg = build_ds_config(args, self.world)
         self.micro, self.accum = self.cfg["train_micro_batch_size_per_gpu"], self.cfg["gradient_accumulation_steps"]
+        if self.cfg.get("bf16", {}).get("enabled") and not torch.cuda.is_available() and self.rank == 0:
+            print("warning: bf16 on CPU is ≈7.7x slower than fp32 (measured on this project's tiny models); "
+                  "leave --bf16 off on CPU", file=sys.stderr, flush=True)
         self.steps_per_epoch = len(train_ds) // (self.micro * self.world) // self.accum
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(train_ds)} training sequences are fewer than one global batch "
@@ -267,7 +280,8 @@ class Trainer:
                    "train_tokens": tokens, "tokens_per_s": tokens / seconds if seconds else None,
                    "final_dir": os.path.join(args.out, "final")}
         if self.rank == 0:
-            export_hf(self.engine.module, state, self.tokenizer, summary["final_dir"])
+            card = facts(args, summary, launch_command(self.world), self.cfg, self.card)
+            export_hf(self.engine.module, state, self.tokenizer, summary["final_dir"], card)
             atomic_write_json(os.path.join(args.out, "summary.json"), summary)
             self.tb.close()
         dist.barrier()

@@ -1,0 +1,57 @@
+"""Zero-shot predictions in the layout of the BabyLM evaluation pipeline (evaluation-pipeline-2025).
+
+Its `sentence_zero_shot/run.py --backend causal --save_predictions` writes, per dataset,
+`RESULTS/<model>/<revision>/zero_shot/causal/<task>/<dataset>/predictions.json` =
+{UID: {"predictions": [{"id": "<UID>_<i>", "pred": <chosen completion>}, ...]}} (UID = BLiMP's `UID`,
+the supplement's file name, EWoK's `Domain`; completions: the sentence for BLiMP / supplement,
+" " + Target for EWoK), plus `best_temperature_report.txt`; its `collate_preds.py` reads
+blimp/blimp_filtered, blimp/supplement_filtered and ewok/ewok_filtered from there. `write_predictions`
+writes those three from babylm-ds's own decisions (the same items and scoring as `babylm-ds eval`);
+the leaderboard's other tasks (entity tracking, wug, COMPS, reading, AoA, GLUE) come from the
+official pipeline. The EWoK predictions hold target sentences: keep them out of public places.
+"""
+import os
+
+from babylm_ds.utils.io import atomic_write_bytes, atomic_write_json
+
+from .data import read_benchmark
+
+DATASETS = {"blimp": ("blimp", "blimp_filtered"), "supplement": ("blimp", "supplement_filtered"),
+            "ewok": ("ewok", "ewok_filtered")}
+
+
+def _completions(bench, row):
+    return (" " + row["Target1"], " " + row["Target2"]) if bench == "ewok" else (row["sentence_good"], row["sentence_bad"])
+
+
+def _report(accuracy):
+    """`best_temperature_report.txt` as the pipeline prints it (temperature 1, accuracies in %)."""
+    lines = ["TEMPERATURE: 1.00", "", "### UID ACCURACY"]
+    lines += [f"{uid}: {100 * acc:.2f}" for uid, acc in accuracy.items()]
+    lines += ["", "### AVERAGE ACCURACY", f"{100 * sum(accuracy.values()) / len(accuracy):.2f}", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_predictions(results_dir, model_name, decisions, data_dir=None, revision="main"):
+    """Write the pipeline's predictions.json and report for each benchmark in `decisions`
+    (`zeroshot.item_decisions` over whole paradigms); returns the paths of the predictions files."""
+    paths = []
+    for bench, paradigms in decisions.items():
+        if bench not in DATASETS:
+            continue  # ewok_swap has no leaderboard file
+        rows = read_benchmark(bench, data_dir)
+        predictions, accuracy = {}, {}
+        for paradigm, right in paradigms.items():
+            if len(right) != len(rows[paradigm]):
+                raise ValueError(f"{bench}/{paradigm}: {len(right)} of {len(rows[paradigm])} items scored; the "
+                                 "leaderboard needs every item (run without --limit)")
+            preds = [_completions(bench, row)[0 if ok else 1] for ok, row in zip(right, rows[paradigm])]
+            predictions[paradigm] = {"predictions": [{"id": f"{paradigm}_{i}", "pred": p} for i, p in enumerate(preds)]}
+            accuracy[paradigm] = sum(right) / len(right)
+        task, dataset = DATASETS[bench]
+        out = os.path.join(results_dir, model_name, revision, "zero_shot", "causal", task, dataset)
+        os.makedirs(out, exist_ok=True)
+        atomic_write_json(os.path.join(out, "predictions.json"), predictions)
+        atomic_write_bytes(os.path.join(out, "best_temperature_report.txt"), _report(accuracy).encode())
+        paths.append(os.path.join(out, "predictions.json"))
+    return paths
