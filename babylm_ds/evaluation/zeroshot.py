@@ -67,10 +67,11 @@ def score_texts(model, tokenizer, texts, batch_size=64, device=None, progress=Fa
 
 
 def evaluate_model(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=64, data_dir=None, device=None,
-                   progress=False):
+                   progress=False, items=False):
     """Zero-shot accuracies: {bench: {"mean": acc, "paradigms": {name: acc}, "pairs": n}, ..., "macro": x}.
 
-    `tasks`: see `data.load_tasks` (selecting ewok adds "ewok_swap"); `limit`: items per paradigm."""
+    `tasks`: see `data.load_tasks` (selecting ewok adds "ewok_swap"); `limit`: items per paradigm;
+    `items`: also {bench: {"correct": {paradigm: [0/1 per pair]}}} (for bootstrap intervals)."""
     items = load_tasks(tasks, limit, data_dir)
     keys = {}
     for paradigms in items.values():
@@ -81,10 +82,11 @@ def evaluate_model(model, tokenizer, tasks=BENCHMARKS, limit=None, batch_size=64
     scores = score_texts(model, tokenizer, list(keys), batch_size, device, progress)
     out = {}
     for bench, paradigms in items.items():
-        acc = {p: sum(scores[keys[a[:2]]] >= scores[keys[a[2:]]] for a in pairs) / len(pairs)
-               for p, pairs in paradigms.items() if pairs}
+        correct = {p: [int(scores[keys[a[:2]]] >= scores[keys[a[2:]]]) for a in pairs]
+                   for p, pairs in paradigms.items() if pairs}
+        acc = {p: sum(c) / len(c) for p, c in correct.items()}
         out[bench] = {"mean": sum(acc.values()) / len(acc), "paradigms": acc,
-                      "pairs": sum(len(p) for p in paradigms.values())}
+                      "pairs": sum(len(p) for p in paradigms.values()), **({"correct": correct} if items else {})}
     main = [out[b]["mean"] for b in BENCHMARKS if b in out]
     out["macro"] = sum(main) / len(main)
     return out
