@@ -9,6 +9,8 @@ def main(argv=None):
     p.add_argument("spec", help="study spec, YAML or JSON (examples in studies/)")
     p.add_argument("--out", default=None, help="output dir (default: runs/study-NAME)")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per rank (default: cores / world size; 1 on a machine busy with other work)")
     p.add_argument("--force", action="store_true", help="redo every run even if its outputs verify")
     args = p.parse_args(argv)
     from babylm_ds.study import SpecError, load_spec, run_study
@@ -16,7 +18,7 @@ def main(argv=None):
 
     try:
         spec = load_spec(args.spec)
-        run_study(spec, args.out or os.path.join("runs", f"study-{spec['name']}"), args.force, args.dry_run)
+        run_study(spec, args.out or os.path.join("runs", f"study-{spec['name']}"), args.force, args.dry_run, args.threads)
     except (SpecError, JobError, OSError, ValueError) as e:
         print(f"babylm-ds study: error: {e}", file=sys.stderr)
         return 1

@@ -34,7 +34,7 @@ def select_lr(spec, dev_loss):
 
 
 class Study:
-    def __init__(self, spec, out, force=False):
+    def __init__(self, spec, out, force=False, threads=None):
         import torch
 
         self.spec, self.out, self.force = spec, os.path.abspath(out), force
@@ -44,7 +44,7 @@ class Study:
         self.gpus = torch.cuda.device_count()
         self.world = 1 if t["launcher"] == "python" else t["world_size"]
         self.slots = max(1, self.gpus // self.world) if self.gpus else 1
-        self.threads = max(1, (os.cpu_count() or 1) // self.world) if not self.gpus else 1
+        self.threads = threads or (max(1, (os.cpu_count() or 1) // self.world) if not self.gpus else 1)
         self.lock = threading.Lock()
 
     # --- paths ---------------------------------------------------------------------------------
@@ -229,8 +229,8 @@ class Study:
         return result
 
 
-def run_study(spec, out, force=False, dry_run=False):
-    study = Study(spec, out, force)
+def run_study(spec, out, force=False, dry_run=False, threads=None):
+    study = Study(spec, out, force, threads)
     if dry_run:
         print(study.plan())
         return None
