@@ -122,7 +122,7 @@ def plot(path, res):
     import matplotlib.pyplot as plt
 
     shown = [n for g in res["final"].values() for n in g["runs"]]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     for ax, key, label in ((axes[0], "loss", "dev loss (nats/token)"), (axes[1], "blimp", "BLiMP accuracy (%)")):
         for name in shown:
             pts = res["curves"][name].get(key, [])
@@ -145,6 +145,20 @@ def plot(path, res):
     axes[2].set_ylabel("final dev loss")
     axes[2].legend(fontsize=7)
     axes[1].set_title("per-epoch zero-shot (epoch-end subset of items)", fontsize=9)
+    groups = list(res["final"])
+    rows = [r for r in ("blimp", "supplement", "ewok", "macro") if r in res["final"][groups[0]]]
+    for i, row in enumerate(rows):
+        for j, group in enumerate(groups):
+            f = res["final"][group][row]
+            lo, hi = (100 * x for x in f["ci95"])
+            y = 100 * f["value"]
+            axes[3].errorbar(i + 0.8 * j / len(groups), y, [[y - lo], [hi - y]], fmt="o", capsize=3, color=f"C{j}",
+                             label=group if i == 0 else None)
+    axes[3].axhline(100 * CHANCE, color="grey", ls="--", lw=0.8)
+    axes[3].set_xticks([i + 0.4 * (len(groups) - 1) / len(groups) for i in range(len(rows))], rows)
+    axes[3].set_ylabel("final accuracy (%), 95% CI")
+    axes[3].set_title("final scores", fontsize=9)
+    axes[3].legend(fontsize=7)
     fig.suptitle(f"study {res['name']}")
     fig.tight_layout()
     with atomic_path(path) as tmp:
