@@ -59,7 +59,7 @@ def run_cmd(cmd, env, log=None):
     else:
         os.makedirs(os.path.dirname(log), exist_ok=True)
         with open(log, "a") as f:
-            f.write("$ " + " ".join(cmd) + "\n")
+            f.write(("\n" if f.tell() else "") + "$ " + " ".join(cmd) + "\n")  # after a killed job's last \r line
             f.flush()
             rc = subprocess.call(cmd, env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     if rc != 0:
