@@ -7,6 +7,7 @@ COMMANDS = {
     "cache": ("babylm_ds.cache.cli", "teacher-logit cache tools (verify, info)"),
     "eval": ("babylm_ds.evaluation.cli", "zero-shot BLiMP / supplement / EWoK, perplexity"),
     "generate": ("babylm_ds.evaluation.generate", "sample text from a trained model"),
+    "study": ("babylm_ds.study.cli", "architectures x learning rates x seeds, KD students, evaluated per epoch"),
 }
 
 

@@ -2,8 +2,10 @@
 the same parameter count, across sequence lengths at a fixed number of tokens per step.
 
   python benchmarks/train_throughput.py [--pairs tiny 16m] [--seq-lens 128 512 2048] [--steps 5]
+  python benchmarks/train_throughput.py --presets {babyhgrn,llama,gpt2,mamba,lstm}-cpu --seq-lens 128
 
-Writes benchmarks/results/train_throughput.{json,png} and prints a tokens/s table with HGRN/Llama ratios.
+Writes benchmarks/results/train_throughput.{json,png} and prints a tokens/s table with HGRN/Llama ratios;
+with --presets, benchmarks/results/train_throughput_presets.json and a tokens/s table of those presets.
 """
 import argparse
 import os
@@ -62,17 +64,45 @@ def plot(rows, path):
         fig.savefig(tmp, format="png", dpi=120)
 
 
+def compare_presets(names, args, device):
+    """tokens/s of each preset at each sequence length, one preset after the other."""
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        model = models.build_model(name, vocab_size=args.vocab_size).to(device).train()
+        for seq_len in args.seq_lens:
+            tps, batch = tokens_per_second(model, seq_len, args.tokens, args.steps, device)
+            rows.append(dict(preset=name, seq_len=seq_len, batch=batch, params=models.count_parameters(model),
+                             tokens_per_s=tps))
+            print(f"{name:14s} T={seq_len:5d} B={batch:3d} {tps:10.0f} tok/s", flush=True)
+        del model
+    print("\n| preset | params | seq_len | tokens/s |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['seq_len']} | {r['tokens_per_s']:.0f} |")
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    p.add_argument("--presets", nargs="+", default=None, help="instead of the pairs: these zoo presets")
     p.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512, 2048])
     p.add_argument("--tokens", type=int, default=2048, help="tokens per step (batch = tokens // seq_len)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--vocab-size", type=int, default=16000)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default=os.path.join(RESULTS, "train_throughput"), help="path prefix for .json/.png")
+    p.add_argument("--out", default=None, help="path prefix for .json/.png (default benchmarks/results/train_throughput"
+                   "[_presets])")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    info = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
+                tokens_per_step=args.tokens, steps=args.steps)
+    if args.presets:
+        rows = compare_presets(args.presets, args, device)
+        atomic_write_json((args.out or os.path.join(RESULTS, "train_throughput_presets")) + ".json",
+                          dict(info=info, rows=rows))
+        return 0
+    args.out = args.out or os.path.join(RESULTS, "train_throughput")
     rows = []
     for pair in args.pairs:
         for family, (preset, overrides) in zip(("llama", "babyhgrn"), PAIRS[pair]):
@@ -87,8 +117,6 @@ def main(argv=None):
     by = {(r["pair"], r["family"], r["seq_len"]): r for r in rows}
     ratios = {pair: {T: by[pair, "babyhgrn", T]["tokens_per_s"] / by[pair, "llama", T]["tokens_per_s"]
                      for T in args.seq_lens} for pair in args.pairs}
-    info = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
-                tokens_per_step=args.tokens, steps=args.steps)
     atomic_write_json(args.out + ".json", dict(info=info, rows=rows, hgrn_over_llama=ratios))
     plot(rows, args.out + ".png")
     print("\n| pair | params (llama / hgrn) | seq_len | llama tok/s | hgrn tok/s | hgrn/llama |")

@@ -13,45 +13,16 @@ changed one is redone from scratch. --force redoes the selected --stages.
 import argparse
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from babylm_ds.utils.io import atomic_write_json, sha256_file  # noqa: E402
+from babylm_ds.training.jobs import JobError, job_env, launch_cmd, run_cmd, run_stage, verify_run  # noqa: E402
+from babylm_ds.utils.io import sha256_file  # noqa: E402
 
 STAGES = ("prepare", "teachers", "cache", "distill", "baseline", "eval", "report")
-# What a stage's command prints that the terminal does not show (all of it stays in OUT/logs/STAGE.log):
-# DeepSpeed's INFO/WARNING lines and op-loading chatter, torch's glog-style lines (the CUDA probe on a CPU
-# machine), Python warnings with the source line printed under them.
-NOISE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING|DEBUG)\] |Unable to find hostfile"
-                   r"|[WI]\d{4} [\d:.]+ +\d+ \S+:\d+\] |DeepSpeed \S+ built successfully|Time to load \w+ op"
-                   r"|Loading extension module|Emitting ninja build file|Allowing ninja to set"
-                   r"|\[transformers\] `loss_type=None`|/[\w./-]+\.py:\d+: \w*Warning: ")
-
-
-def relay(pipe, log, out):
-    """Copy `pipe` (bytes) to the file `log` and, without NOISE, to the text stream `out`. Output is cut at
-    \\n and \\r, so progress bars pass as they come; noise glued to a bar is cut off it."""
-    rest, warning = b"", False
-    while chunk := os.read(pipe.fileno(), 1 << 16):
-        log.write(chunk)
-        *lines, rest = re.split(rb"(?<=[\r\n])", rest + chunk)
-        for line in lines:
-            text = line.decode(errors="replace")
-            if warning and text.startswith("  "):  # the source line Python prints under a warning
-                warning = False
-                continue
-            if m := NOISE.search(text):
-                warning, text = m.group().endswith("Warning: "), text[:m.start()].rstrip(" ")
-            out.write(text)
-            out.flush()
-    if rest and not NOISE.search(text := rest.decode(errors="replace")):
-        out.write(text + "\n")
 
 
 def parse_args(argv=None):
@@ -93,32 +64,6 @@ def parse_args(argv=None):
     return args
 
 
-def _env(threads):
-    import torch
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads),
-           "PYTHONUNBUFFERED": "1",  # the output is relayed through a pipe: show lines as they come
-           "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))}
-    if not torch.cuda.is_available():
-        env["DS_ACCELERATOR"] = "cpu"
-    return env
-
-
-def _verify_run(run_dir, steps):
-    """A training run is done when final/ matches its manifest and summary.json has the wanted steps."""
-    final = os.path.join(run_dir, "final")
-    with open(os.path.join(final, "manifest.json")) as f:
-        manifest = json.load(f)
-    for name, digest in manifest.items():
-        if sha256_file(os.path.join(final, name)) != digest:
-            raise ValueError(f"{final}/{name} does not match manifest.json")
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
-    if summary["steps"] != steps:
-        raise ValueError(f"{run_dir} trained {summary['steps']} steps, want {steps}")
-
-
 class Pipeline:
     def __init__(self, args):
         import torch
@@ -126,75 +71,37 @@ class Pipeline:
         self.args, self.out = args, os.path.abspath(args.out)
         self.data, self.cache = os.path.join(self.out, "data"), os.path.join(self.out, "cache")
         self.gpus = torch.cuda.device_count()
-        if not self.gpus:  # as for the stages' commands; DeepSpeed (imported for free_port) then does not warn
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         self.world = min(args.world_size, self.gpus) if self.gpus else args.world_size
         self.cpus = os.cpu_count() or 1
         self.teachers = {f"teacher-{t}": os.path.join(self.out, "runs", f"teacher-{t}") for t in args.teachers}
         self.students = {f"student-kd-{args.student}": os.path.join(self.out, "runs", "student-kd"),
                          f"student-nokd-{args.student}": os.path.join(self.out, "runs", "student-nokd")}
+        if not self.gpus:  # as for the stages' commands; DeepSpeed (imported for free_port) then does not warn
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         self.times, self.current = {}, "pipeline"
 
     # --- running commands ---------------------------------------------------------------------
     def launch(self, script, argv):
-        """The command running launchers/SCRIPT on `self.world` processes with the chosen launcher."""
-        from babylm_ds.training.dist import free_port
-
-        script, a = os.path.join(ROOT, "launchers", script), self.args
-        if a.launcher == "python":
-            return [sys.executable, script, *argv]
-        if a.launcher == "torchrun":
-            return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(self.world),
-                    "--master_port", str(free_port()), script, *argv]
-        return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(self.world),
-                "--master_port", str(free_port()), script, *argv]
+        return launch_cmd(script, argv, self.world, self.args.launcher)
 
     def call(self, cmd, threads=None):
         """Run `cmd`; its whole output goes to OUT/logs/STAGE.log, the terminal gets it without NOISE."""
-        log_path = os.path.join(self.out, "logs", f"{self.current}.log")
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        shown = os.path.relpath(log_path) if not os.path.relpath(log_path).startswith("..") else log_path
-        print("$ " + " ".join(cmd) + f"\n  (full log: {shown})", flush=True)
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(cmd, env=_env(threads or max(1, self.cpus // self.world)), cwd=ROOT,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            relay(proc.stdout, log, sys.stdout)
-            rc = proc.wait()
-        if rc != 0:
-            raise SystemExit(f"pipeline: command failed (exit {rc}): {' '.join(cmd)}; see {log_path}")
+        try:
+            run_cmd(cmd, job_env(threads or max(1, self.cpus // self.world)),
+                    os.path.join(self.out, "logs", f"{self.current}.log"), show=True)
+        except JobError as e:
+            raise SystemExit(f"pipeline: {e}") from None
 
     def stage(self, name, spec, outputs, verify, run):
-        """Run `run(resume)` unless `outputs` verify and were made by the same `spec` (stamp file).
-
-        A stamp with the same spec but unverified outputs means an interrupted run: resume in place.
-        A different spec (or --force) removes the outputs first."""
-        stamp_path = os.path.join(self.out, "stages", f"{name}.json")
-        stamp = {}
-        if os.path.isfile(stamp_path):
-            with open(stamp_path) as f:
-                stamp = json.load(f)
-        same = stamp.get("spec") == spec and not self.args.force
-        if same and stamp.get("done"):
-            try:
-                verify()
-                print(f"[{name}] up to date, skipped", flush=True)
-                return
-            except (OSError, ValueError, KeyError) as e:
-                print(f"[{name}] output does not verify ({e}); redoing", flush=True)
-        if not same:
-            for path in outputs:
-                shutil.rmtree(path, ignore_errors=True)
-        atomic_write_json(stamp_path, {"spec": spec, "done": False})
-        print(f"[{name}] running", flush=True)
+        """Run `run(resume)` unless `outputs` verify and were made by the same `spec` (training.jobs.run_stage)."""
         self.current = name
-        t0 = time.time()
-        run(same)
         try:
-            verify()
-        except (OSError, ValueError, KeyError) as e:
-            raise SystemExit(f"pipeline: stage {name} finished but its output does not verify: {e}")
-        self.times[name] = round(time.time() - t0, 1)
-        atomic_write_json(stamp_path, {"spec": spec, "done": True, "seconds": self.times[name]})
+            seconds = run_stage(os.path.join(self.out, "stages", f"{name}.json"), spec, outputs, verify, run,
+                                self.args.force)
+        except JobError as e:
+            raise SystemExit(f"pipeline: {e}") from None
+        if seconds is not None:
+            self.times[name] = seconds
 
     def inputs(self, *paths):
         """Identity of a stage's inputs: the data fingerprint plus sha256 of the given manifests."""
@@ -229,7 +136,7 @@ class Pipeline:
             latest = os.path.join(run_dir, "checkpoints", "latest")
             self.call(self.launch(script, argv + (["--resume"] if resume and os.path.isfile(latest) else [])))
 
-        self.stage(name, spec, [run_dir], lambda: _verify_run(run_dir, a.steps), run)
+        self.stage(name, spec, [run_dir], lambda: verify_run(run_dir, a.steps), run)
 
     def cache_logits(self):
         from babylm_ds.cache import verify

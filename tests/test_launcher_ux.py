@@ -5,10 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+from babylm_ds.training import jobs
 from launch import ROOT
-
-sys.path.insert(0, str(ROOT / "launchers"))
-import pipeline  # noqa: E402
 
 
 def test_help_imports_no_deepspeed_and_sets_extension_dir():
@@ -46,6 +44,6 @@ def test_relay_keeps_stage_progress_and_results_logs_everything(tmp_path):
     src.write_bytes("".join(lines).encode())
     out, log = io.StringIO(), tmp_path / "stage.log"
     with open(src, "rb") as pipe, open(log, "wb") as f:
-        pipeline.relay(pipe, f, out)
+        jobs.relay(pipe, f, out)
     assert log.read_bytes() == "".join(lines).encode()
     assert out.getvalue() == ("\r  0%|          | 0/3 [00:00<?, ?it/s]" + "".join(lines[7:-1]) + "no newline at the end\n")

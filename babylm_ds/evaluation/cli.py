@@ -38,6 +38,8 @@ def build_parser():
     p.add_argument("--name", default=None, help="column name in the table (default: the model dir name)")
     p.add_argument("--tb-dir", default=None, help="also log zeroshot/<bench> scalars to this TensorBoard dir")
     p.add_argument("--step", type=int, default=0, help="TensorBoard step")
+    p.add_argument("--items", action="store_true",
+                   help="also save per-pair correctness and per-window dev losses in OUT.json (for intervals)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
@@ -66,13 +68,17 @@ def run(args):
         decisions = item_decisions(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir, device,
                                    progress=True)
         result = accuracies(decisions)
+        if args.items:
+            for bench, paradigms in decisions.items():
+                result[bench]["correct"] = {p: [int(x) for x in right] for p, right in paradigms.items()}
         if args.babylm_results:
             from .babylm_pipeline import write_predictions
 
             paths = write_predictions(args.babylm_results, pathlib.Path(args.model).stem, decisions, args.data_dir)
             print(f"wrote {', '.join(paths)}", file=sys.stderr)
     if args.ppl_data:
-        result["perplexity"] = perplexity(model, args.ppl_data, args.ppl_split, max_seqs=args.ppl_max_seqs, progress=True)
+        result["perplexity"] = perplexity(model, args.ppl_data, args.ppl_split, max_seqs=args.ppl_max_seqs, progress=True,
+                                          per_sequence=args.items)
     manifest = os.path.join(args.model, "manifest.json")
     result.update(model=os.path.abspath(args.model), tasks=args.tasks, limit=args.limit,
                   model_manifest_sha256=sha256_file(manifest) if os.path.isfile(manifest) else None)

@@ -1,13 +1,15 @@
 """Model zoo and the project's own HF model families (registered with the Auto classes by `import babylm_ds`).
 
 The zoo (`babylm_ds.models.zoo`: presets, builders) is imported on first use of its names, so that
-registration does not pay for the Llama / GPT-2 modeling imports.
+registration does not pay for the Llama / GPT-2 / Mamba modeling imports.
 """
 from babylm_ds.models.babyhgrn import BabyHGRNConfig, BabyHGRNForCausalLM, BabyHGRNModel, HGRN2Cache
+from babylm_ds.models.lstm import BabyLSTMCache, BabyLSTMConfig, BabyLSTMForCausalLM, BabyLSTMModel
 
 _ZOO = ("PRESETS", "build_model", "count_parameters", "model_from_arg", "parse_overrides", "preset_names")
 
-__all__ = ["BabyHGRNConfig", "BabyHGRNForCausalLM", "BabyHGRNModel", "HGRN2Cache", *_ZOO]
+__all__ = ["BabyHGRNConfig", "BabyHGRNForCausalLM", "BabyHGRNModel", "HGRN2Cache",
+           "BabyLSTMCache", "BabyLSTMConfig", "BabyLSTMForCausalLM", "BabyLSTMModel", *_ZOO]
 
 
 def __getattr__(name):

@@ -1,4 +1,4 @@
-"""Teacher/student model zoo: named presets -> HF causal LMs (Llama, GPT-2, BabyHGRN).
+"""Teacher/student model zoo: named presets -> HF causal LMs (Llama, GPT-2, BabyHGRN, Mamba, BabyLSTM).
 
 `python -m babylm_ds.models.zoo` prints every preset with its parameter count (built on the meta device).
 """
@@ -6,14 +6,19 @@ import argparse
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM,
+)
 
 from babylm_ds.models.babyhgrn import BabyHGRNConfig, BabyHGRNForCausalLM
+from babylm_ds.models.lstm import BabyLSTMConfig, BabyLSTMForCausalLM
 
 FAMILIES = {
     "llama": (LlamaConfig, LlamaForCausalLM),
     "gpt2": (GPT2Config, GPT2LMHeadModel),
     "babyhgrn": (BabyHGRNConfig, BabyHGRNForCausalLM),
+    "mamba": (MambaConfig, MambaForCausalLM),  # without mamba_ssm: transformers' pure-PyTorch path (runs on CPU)
+    "lstm": (BabyLSTMConfig, BabyLSTMForCausalLM),
 }
 SPECIAL_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
@@ -23,15 +28,26 @@ def _llama(d, layers, heads, ffn, tie=False):
                 max_position_embeddings=2048, tie_word_embeddings=tie)
 
 
-def _gpt2(d, layers, heads):
-    return dict(n_embd=d, n_layer=layers, n_head=heads, n_positions=2048)
+def _gpt2(d, layers, heads, ffn=None):
+    return dict(n_embd=d, n_layer=layers, n_head=heads, n_inner=ffn, n_positions=2048)
 
 
 def _hgrn(d, layers, expand_ratio=128, tie=False):
     return dict(hidden_size=d, num_hidden_layers=layers, expand_ratio=expand_ratio, tie_word_embeddings=tie)
 
 
+def _mamba(d, layers, tie=True):
+    # use_mambapy: without mamba_ssm, training takes mambapy's parallel scan (6x faster on CPU than the loop)
+    return dict(hidden_size=d, num_hidden_layers=layers, tie_word_embeddings=tie, use_mambapy=True)
+
+
+def _lstm(d, cell, layers, tie=False):
+    return dict(hidden_size=d, intermediate_size=cell, num_hidden_layers=layers, tie_word_embeddings=tie)
+
+
 # name -> family, role hint, config kwargs (vocab 16000 and pad/bos/eos = 0/1/2 are added by build_model).
+# `<family>-cpu` and `<family>-360m` are two groups of matched parameter counts (within 5% at vocab 16000) for
+# architecture comparisons: 4.8M (width 192, tied embeddings; CPU-sized) and the BabyHGRN paper's 360M.
 PRESETS = {
     "babyllama-58m": dict(family="llama", role="student", config=_llama(512, 16, 8, 1024)),
     "llama-360m": dict(family="llama", role="teacher", config=_llama(1024, 24, 8, 3072)),
@@ -40,9 +56,19 @@ PRESETS = {
     "gpt2-97m": dict(family="gpt2", role="student", config=_gpt2(768, 12, 12)),
     "babyhgrn-360m": dict(family="babyhgrn", role="student", config=_hgrn(1024, 26)),
     "babyhgrn-1b": dict(family="babyhgrn", role="teacher", config=_hgrn(2048, 18)),
+    "gpt2-360m": dict(family="gpt2", role="student", config=_gpt2(1024, 27, 16)),
+    "mamba-360m": dict(family="mamba", role="student", config=_mamba(1024, 52)),
+    "lstm-360m": dict(family="lstm", role="student", config=_lstm(1024, 8832, 4)),
+    "llama-cpu": dict(family="llama", role="student", config=_llama(192, 4, 4, 512, tie=True)),
+    "gpt2-cpu": dict(family="gpt2", role="student", config=_gpt2(192, 4, 4, 512)),
+    "babyhgrn-cpu": dict(family="babyhgrn", role="student", config=_hgrn(192, 4, expand_ratio=32, tie=True)),
+    "mamba-cpu": dict(family="mamba", role="student", config=_mamba(192, 7)),
+    "lstm-cpu": dict(family="lstm", role="student", config=_lstm(192, 512, 2, tie=True)),
     "llama-tiny": dict(family="llama", role="test", config=_llama(128, 4, 4, 512, tie=True)),
     "gpt2-tiny": dict(family="gpt2", role="test", config=_gpt2(128, 4, 4)),
     "babyhgrn-tiny": dict(family="babyhgrn", role="test", config=_hgrn(128, 4, expand_ratio=32, tie=True)),
+    "mamba-tiny": dict(family="mamba", role="test", config=_mamba(128, 4)),
+    "lstm-tiny": dict(family="lstm", role="test", config=_lstm(128, 256, 2, tie=True)),
 }
 
 

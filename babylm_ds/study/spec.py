@@ -1,0 +1,151 @@
+"""A study spec (YAML or JSON): data, shared training settings, architectures with their learning-rate
+sweeps, seeds, students with their teachers, evaluation. `load_spec` fills defaults and refuses bad
+specs with one line naming the file and the key; `sweep_runs` lists the pretraining runs it plans.
+
+    data:           {max_words: 1000000, vocab_size: 16000, seq_len: 128}   or   {dir: PREPARED_DIR}
+    training:       {epochs: 2, micro_batch: 16, warmup_steps: 50, ...}     every run's settings but the lr
+    architectures:  {hgrn2: {model: babyhgrn-cpu, lrs: [1e-3, 3e-3], config: {KEY: VALUE}}, ...}
+    seeds:          [0]
+    students:       {hgrn2-kd: {arch: hgrn2, teachers: [hgrn2], alpha: 0.5, temperature: 2.0, k: 64}}
+    evaluation:     {tasks: blimp,supplement,ewok, epoch_limit: 100, final_limit: null, bootstrap: 1000}
+
+A student trains the preset of `arch` at that architecture's selected lr, for the same steps and
+seeds, from the cached logits of the selected runs of `teachers` (several: an ensemble); its no-KD
+twin is the selected run of `arch` itself.
+"""
+import json
+import os
+from dataclasses import dataclass, field
+
+DEFAULTS = {
+    "data": {"dir": None, "corpus": None, "max_words": None, "word_budget": "10M", "vocab_size": 16000,
+             "seq_len": 128, "seed": 0},
+    "training": {"epochs": 1.0, "micro_batch": 16, "grad_accum": 1, "warmup_steps": 50, "schedule": "cosine",
+                 "weight_decay": 0.1, "min_lr_ratio": 0.1, "clip": 1.0, "save_every": 100, "world_size": 1,
+                 "launcher": "deepspeed", "ds_config": "ds_configs/zero1.json", "dev_max_seqs": None, "bf16": False},
+    "evaluation": {"tasks": "blimp,supplement,ewok", "epoch_limit": 100, "final_limit": None, "bootstrap": 1000},
+}
+ARCH_KEYS = {"model", "lrs", "config"}
+STUDENT_DEFAULTS = {"arch": None, "teachers": None, "alpha": 0.5, "temperature": 2.0, "k": 64}
+
+
+class SpecError(ValueError):
+    """A bad spec (one line: file, key, what to write instead)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training job: a pretraining run of an architecture at one lr and seed, or a student."""
+    name: str
+    arch: str
+    model: str
+    lr: float
+    seed: int
+    config: dict = field(default_factory=dict, hash=False)
+    student: str | None = None  # name of the students entry for a distillation run
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the study spec ({e.strerror})") from None
+    try:
+        if path.endswith(".json"):
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as e:  # yaml/json parser errors carry the line and column
+        raise SpecError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+                        f"{' '.join(str(e).split())}") from None
+
+
+def _merge(path, section, given, defaults):
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise SpecError(f"{path}: '{section}' must be a mapping")
+    if unknown := sorted(set(given) - set(defaults)):
+        raise SpecError(f"{path}: unknown key(s) {unknown} in '{section}'; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+def _number(path, where, value, positive=True):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and not value > 0):
+        raise SpecError(f"{path}: {where} must be a {'positive ' if positive else ''}number, got {value!r}")
+    return value
+
+
+def load_spec(path):
+    """The validated spec of file `path` (YAML, or JSON by its .json ending) with defaults filled in."""
+    from babylm_ds.models.zoo import PRESETS
+
+    raw = _read(path)
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the spec must be a mapping with 'architectures' (and data, training, ...)")
+    known = {"name", "data", "training", "architectures", "seeds", "students", "evaluation"}
+    if unknown := sorted(set(raw) - known):
+        raise SpecError(f"{path}: unknown top-level key(s) {unknown}; known: {sorted(known)}")
+    spec = {"name": raw.get("name") or os.path.splitext(os.path.basename(path))[0]}
+    for section in ("data", "training", "evaluation"):
+        spec[section] = _merge(path, section, raw.get(section), DEFAULTS[section])
+    t = spec["training"]
+    _number(path, "training.epochs", t["epochs"])
+    if t["launcher"] not in ("deepspeed", "torchrun", "python"):
+        raise SpecError(f"{path}: training.launcher must be deepspeed, torchrun or python, got {t['launcher']!r}")
+    archs = raw.get("architectures")
+    if not isinstance(archs, dict) or not archs:
+        raise SpecError(f"{path}: 'architectures' must map names to {{model: PRESET, lrs: [...]}}")
+    spec["architectures"] = {}
+    for name, arch in archs.items():
+        if not isinstance(arch, dict) or (unknown := sorted(set(arch) - ARCH_KEYS)) or "model" not in arch:
+            raise SpecError(f"{path}: architectures.{name} must be {{model: PRESET, lrs: [...], config: {{...}}}}"
+                            + (f" (unknown key(s) {unknown})" if isinstance(arch, dict) and unknown else ""))
+        if arch["model"] not in PRESETS and not os.path.isdir(arch["model"]):
+            raise SpecError(f"{path}: architectures.{name}.model {arch['model']!r} is not a preset "
+                            f"({', '.join(PRESETS)})")
+        lrs = arch.get("lrs")
+        if not isinstance(lrs, list) or not lrs:
+            raise SpecError(f"{path}: architectures.{name}.lrs must be a non-empty list of learning rates")
+        for lr in lrs:
+            _number(path, f"architectures.{name}.lrs", lr)
+        spec["architectures"][name] = {"model": arch["model"], "lrs": [float(x) for x in lrs],
+                                       "config": dict(arch.get("config") or {})}
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise SpecError(f"{path}: 'seeds' must be a non-empty list of integers")
+    spec["seeds"] = seeds
+    spec["students"] = {}
+    for name, student in (raw.get("students") or {}).items():
+        student = _merge(path, f"students.{name}", student, STUDENT_DEFAULTS)
+        if student["arch"] not in spec["architectures"]:
+            raise SpecError(f"{path}: students.{name}.arch must name an architecture of this spec "
+                            f"({', '.join(spec['architectures'])})")
+        teachers = student["teachers"]
+        if not isinstance(teachers, list) or not teachers or any(t not in spec["architectures"] for t in teachers):
+            raise SpecError(f"{path}: students.{name}.teachers must list architectures of this spec "
+                            f"({', '.join(spec['architectures'])})")
+        if name in spec["architectures"]:
+            raise SpecError(f"{path}: student {name!r} has the name of an architecture; rename it")
+        spec["students"][name] = student
+    return spec
+
+
+def run_name(arch, lr, seed):
+    return f"{arch}-lr{lr:g}-s{seed}"
+
+
+def sweep_runs(spec):
+    """The pretraining runs: every architecture x learning rate x seed."""
+    return [Run(run_name(arch, lr, seed), arch, a["model"], lr, seed, a["config"])
+            for arch, a in spec["architectures"].items() for lr in a["lrs"] for seed in spec["seeds"]]
+
+
+def student_runs(spec, best_lr):
+    """The distillation runs, given the selected lr of every architecture."""
+    return [Run(f"{name}-s{seed}", s["arch"], spec["architectures"][s["arch"]]["model"], best_lr[s["arch"]], seed,
+                spec["architectures"][s["arch"]]["config"], student=name)
+            for name, s in spec["students"].items() for seed in spec["seeds"]]
