@@ -4,13 +4,18 @@
   torchrun --nproc_per_node 2 launchers/pretrain.py ...      python launchers/pretrain.py ...  (one process)
 """
 import argparse
+import os
 import sys
 
 import torch
 
-from babylm_ds.data import PackedDataset, load_meta, load_tokenizer
-from babylm_ds.models import model_from_arg, parse_overrides
-from babylm_ds.training import Trainer, add_train_args, init_distributed
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from babylm_ds.data import PackedDataset, load_meta, load_tokenizer  # noqa: E402
+from babylm_ds.models import check_model_arg, model_from_arg, parse_overrides  # noqa: E402
+from babylm_ds.training import Trainer, add_train_args, init_distributed  # noqa: E402
+from babylm_ds.training.guard import check_train_args, start_run  # noqa: E402
+from babylm_ds.utils.cli import run_cli  # noqa: E402
 
 
 def main(argv=None):
@@ -18,19 +23,20 @@ def main(argv=None):
     parser.add_argument("--model-config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model config overrides, e.g. hidden_size=256 num_hidden_layers=4")
     args = parser.parse_args(argv)
-    rank, _ = init_distributed(args.dist_timeout)
-    try:
-        meta, tokenizer = load_meta(args.data), load_tokenizer(args.data)
-        torch.manual_seed(args.seed)  # identical init on every rank
-        model = model_from_arg(args.model, meta["vocab_size"], parse_overrides(args.model_config))
-        trainer = Trainer(args, model, PackedDataset(args.data, "train"), PackedDataset(args.data, "dev"), tokenizer)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    summary = trainer.train()
+    check_train_args(args)
+    overrides = parse_overrides(args.model_config)
+    check_model_arg(args.model, load_meta(args.data)["vocab_size"], overrides)
+    rank, world = init_distributed(args.dist_timeout)
+    meta, tag = start_run(args, rank, world)
+    tokenizer = load_tokenizer(args.data)
+    torch.manual_seed(args.seed)  # identical init on every rank
+    model = model_from_arg(args.model, meta["vocab_size"], overrides)
+    trainer = Trainer(args, model, PackedDataset(args.data, "train"), PackedDataset(args.data, "dev"), tokenizer)
+    summary = trainer.train(tag)
     if rank == 0:
         print(f"done: {summary}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
