@@ -49,11 +49,15 @@ def export_hf(module, state_dict, tokenizer, out_dir):
     with sha256 of every file)."""
     tmp = f"{out_dir}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    fresh_copy(module, state_dict).save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    files = sorted(f for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f)))
-    atomic_write_json(os.path.join(tmp, "manifest.json"), {f: sha256_file(os.path.join(tmp, f)) for f in files})
+    try:
+        fresh_copy(module, state_dict).save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        files = sorted(f for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f)))
+        atomic_write_json(os.path.join(tmp, "manifest.json"), {f: sha256_file(os.path.join(tmp, f)) for f in files})
+    except OSError:  # e.g. a full disk: the previous out_dir stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 
