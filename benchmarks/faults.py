@@ -196,7 +196,8 @@ class Suite:
                         missing += 1
                     elif cache.records([j]).tobytes() != ref_cache.records([j]).tobytes():
                         corrupt += 1
-            rows.append({"kill": how, "killed": killed, "orphans": orphans, "rerun_rc": rc, "verified": ok, "corrupt": corrupt,
+            rows.append({"kill": how, "killed": killed, "orphans": orphans, "rerun_rc": rc, "verified": ok,
+                         "corrupt": corrupt,
                          "missing": missing if ok else len(ref_cache), "duplicated": duplicated,
                          "byte_identical": tree(out) == want})
             shutil.rmtree(out, ignore_errors=True)
@@ -319,11 +320,13 @@ class Suite:
         if self.quick:
             return
         prepare = [PY, "-m", "babylm_ds.cli", "prepare", "--vocab-size", "300", "--seq-len", "16", "--num-proc", "1"]
-        corpora = {"empty corpus": b"", "binary corpus": bytes(range(256)) * 8, "non-UTF-8 corpus": "café".encode("latin-1") * 99}
+        corpora = {"empty corpus": b"", "binary corpus": bytes(range(256)) * 8,
+                   "non-UTF-8 corpus": "café".encode("latin-1") * 99}
         for i, (name, data) in enumerate(corpora.items()):
             (w / f"corpus{i}.txt").write_bytes(data)
             self.bad(name, [*prepare, "--corpus", str(w / f"corpus{i}.txt"), "--out", str(new(f"prep{i}"))])
-        self.bad("word budget exceeded", [*prepare, "--max-words", "5000", "--word-budget", "1k", "--out", str(new("prep"))])
+        self.bad("word budget exceeded",
+                 [*prepare, "--max-words", "5000", "--word-budget", "1k", "--out", str(new("prep"))])
         self.bad("finished data dir without --force", [*prepare, "--out", str(self.data)], keep=[self.data])
         self.bad("--lr 1e6", self.pretrain(new("lr6"), "--lr", "1e6"))
         bad_cfg = w / "batch.json"

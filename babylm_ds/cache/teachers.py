@@ -12,7 +12,8 @@ def check_teacher(path, meta):
     """ValueError unless `path` is an HF model dir with the data's vocabulary and, when it carries a
     tokenizer (an exported run's final/ does), the data's tokenizer (`meta`: the data's meta.json)."""
     from babylm_ds.data import tokenizer_hash
-    config = read_json(os.path.join(path, "config.json"), f"teacher {path}: expected an HF model dir, e.g. a run's OUT/final")
+    config = read_json(os.path.join(path, "config.json"),
+                       f"teacher {path}: expected an HF model dir, e.g. a run's OUT/final")
     if config.get("vocab_size") != meta["vocab_size"]:
         raise ValueError(f"teacher {path} has vocab_size {config.get('vocab_size')}, the data {meta['vocab_size']}: "
                          "it was trained with another tokenizer; pretrain it on this data dir")

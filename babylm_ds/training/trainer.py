@@ -259,8 +259,10 @@ class Trainer:
                 grad_norm = self.engine.get_global_grad_norm()
                 if not math.isfinite(loss) or grad_norm is not None and not math.isfinite(float(grad_norm)):
                     bar.close()
-                    kept = (f"the last good checkpoint {self.ckpt_dir}/step{last_save} is untouched; lower --lr or "
-                            "--clip and rerun with --resume") if last_save else "no checkpoint yet; lower --lr or --clip"
+                    kept = "no checkpoint yet; lower --lr or --clip"
+                    if last_save:
+                        kept = (f"the last good checkpoint {self.ckpt_dir}/step{last_save} is untouched; lower --lr "
+                                "or --clip and rerun with --resume")
                     raise ValueError(f"step {step}: loss {loss:g}, gradient norm {float(grad_norm or 0):g}: training "
                                      f"diverged, stopped without saving or exporting ({kept})")
                 record = {"loss": loss, "lr": lr, "tokens_per_s": tokens_per_step / dt,
