@@ -472,6 +472,8 @@ def main(argv=None):
                 print(f"phase failed: {res['errors'][-1]}", flush=True)
                 if phase is suite.setup:
                     break
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(res, indent=1) + "\n")  # partial results survive an interruption
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
