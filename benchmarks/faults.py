@@ -223,10 +223,10 @@ class Suite:
         self.results["kill"][name] = {"reference_seconds": round(seconds, 1), "trials": rows}
 
     # --- planted bad inputs -------------------------------------------------------------------
-    def bad(self, name, cmd, keep=(), env=None, check=lambda: True):
+    def bad(self, name, cmd, keep=(), env=None, check=lambda: True, at_start=True):
         """Run `cmd` (expected to be refused); record its last error line, exit code, seconds, whether it
         trained (logged a new training step), and whether any file under `keep` changed. `check()`: any
-        further condition for counting it as refused."""
+        further condition for counting it as refused; `at_start=False`: a fault met while training."""
         out = next((Path(cmd[i + 1]) for i, a in enumerate(cmd) if a == "--out"), None)
         metrics = out / "metrics.jsonl" if out else Path("/nonexistent")
         read = lambda: metrics.read_text() if metrics.is_file() else ""  # noqa: E731
@@ -237,7 +237,8 @@ class Suite:
         row = {"input": name, "exit": rc, "seconds": round(seconds, 1), "message": lines[-1][:300] if lines else "",
                "one_line": len(lines) == 1 and "Traceback" not in text, "trained": trained,
                "good_files_changed": any(tree(k) != v for k, v in before.items())}
-        row["refused"] = rc != 0 and row["one_line"] and not trained and not row["good_files_changed"] and check()
+        row["refused"] = (rc != 0 and row["one_line"] and not (trained and at_start) and not row["good_files_changed"]
+                          and check())
         self.results["bad_inputs"].append(row)
         print(f"  {'ok ' if row['refused'] else 'BAD'} {name}: exit {rc}, {row['message'][:140]}", flush=True)
 
@@ -315,8 +316,8 @@ class Suite:
         self.bad("data shard, one byte flipped", self.pretrain(new("data-flip"), data=d), keep=[d])
         nan = new("nan")  # diverges after the step-2 checkpoint: stops, keeps it, exports nothing
         self.bad("NaN loss at step 3 (diverged run)", self.pretrain(nan, "--save-every", "2"),
-                 env={"BABYLM_DS_FAULT_AT_STEP": "0:2:nan"}, check=lambda: not (nan / "final").exists() and
-                 (nan / "checkpoints" / "latest").read_text() == "step2")
+                 env={"BABYLM_DS_FAULT_AT_STEP": "0:2:nan"}, at_start=False, check=lambda: not (nan / "final").exists()
+                 and (nan / "checkpoints" / "latest").read_text() == "step2")
         if self.quick:
             return
         prepare = [PY, "-m", "babylm_ds.cli", "prepare", "--vocab-size", "300", "--seq-len", "16", "--num-proc", "1"]
