@@ -9,15 +9,17 @@ import argparse
 import os
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from babylm_ds.utils.cli import die_with_launcher, run_cli  # noqa: E402
+
+die_with_launcher()  # before the slow imports: a rank must not outlive its launcher, even while starting
+
+import torch  # noqa: E402
 
 from babylm_ds.cache import (check_teacher, claim_cache, combined_logits, load_teachers,  # noqa: E402
                              normalise_weights, teacher_info, write_cache)
 from babylm_ds.cache.format import id_dtype  # noqa: E402
 from babylm_ds.training.args import add_dist_args  # noqa: E402
-from babylm_ds.utils.cli import run_cli  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -14,11 +14,14 @@ import argparse
 import os
 import sys
 
-import torch
-import torch.distributed as dist
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from babylm_ds.utils.cli import die_with_launcher, run_cli  # noqa: E402
+
+die_with_launcher()  # before the slow imports: a rank must not outlive its launcher, even while starting
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 
 from babylm_ds.cache import TeacherCache, check_teacher, combined_logits, load_teachers, normalise_weights  # noqa: E402
 from babylm_ds.losses import TAIL_MODES, hidden_mse, kd_loss, kd_loss_full  # noqa: E402
@@ -26,7 +29,6 @@ from babylm_ds.models import check_model_arg, model_from_arg, parse_overrides  #
 from babylm_ds.training import Trainer, add_train_args, build_ds_config, init_distributed  # noqa: E402
 from babylm_ds.training.dist import agree  # noqa: E402
 from babylm_ds.training.guard import check_train_args, start_run  # noqa: E402
-from babylm_ds.utils.cli import run_cli  # noqa: E402
 
 # Defaults a preset fills in (flags still override). The teachers (trained HF dirs of the model presets
 # named in each comment) come from --teachers or are baked into --teacher-cache.

@@ -7,15 +7,17 @@ import argparse
 import os
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from babylm_ds.utils.cli import die_with_launcher, run_cli  # noqa: E402
+
+die_with_launcher()  # before the slow imports: a rank must not outlive its launcher, even while starting
+
+import torch  # noqa: E402
 
 from babylm_ds.data import PackedDataset, load_meta, load_tokenizer  # noqa: E402
 from babylm_ds.models import check_model_arg, model_from_arg, parse_overrides  # noqa: E402
 from babylm_ds.training import Trainer, add_train_args, init_distributed  # noqa: E402
 from babylm_ds.training.guard import check_train_args, start_run  # noqa: E402
-from babylm_ds.utils.cli import run_cli  # noqa: E402
 
 
 def main(argv=None):

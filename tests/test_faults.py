@@ -223,7 +223,7 @@ def test_full_disk_keeps_previous_good_files(tmp_path, monkeypatch):
 
 def test_ranks_die_with_their_launcher(tmp_path):
     """A 'launcher' starts a rank in its own session (as torchrun does) and is SIGKILLed: the rank follows."""
-    rank = ("import os, sys, time; from babylm_ds.training.dist import die_with_launcher; die_with_launcher(); "
+    rank = ("import os, sys, time; from babylm_ds.utils.cli import die_with_launcher; die_with_launcher(); "
             "print(os.getpid(), flush=True); time.sleep(600)")
     launcher = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
                 "start_new_session=True); p.wait()")

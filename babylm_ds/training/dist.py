@@ -1,9 +1,7 @@
 """Process-group setup (ranks die with their launcher, no /dev/shm leftovers), errors agreed on by all
 ranks, and ZeRO-aware gathering of full parameters."""
 import contextlib
-import ctypes
 import os
-import signal
 import socket
 import sys
 import threading
@@ -16,7 +14,7 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 from deepspeed.utils import safe_get_full_fp32_param
 
-from babylm_ds.utils.cli import ANTICIPATED, one_line
+from babylm_ds.utils.cli import ANTICIPATED, die_with_launcher, one_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,18 +23,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def die_with_launcher():
-    """Under a launcher (torchrun, deepspeed: LOCAL_RANK is set) ask the kernel for SIGKILL when the
-    launcher dies (prctl PR_SET_PDEATHSIG): ranks run in their own session, so killing the launcher's
-    process group would otherwise leave them training."""
-    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the launcher died before prctl took effect
-        os._exit(1)
 
 
 def unlink_shm_buffer(rank):

@@ -1,10 +1,24 @@
 """How every command line fails: an anticipated error (bad input, refused overwrite, full disk, a diverged
 run: ValueError or OSError) is one line on stderr and exit status 1; `--debug` anywhere on the command
 line (or BABYLM_DS_DEBUG=1) shows its traceback instead. Other exceptions are bugs and keep theirs."""
+import ctypes
 import os
+import signal
 import sys
 
 ANTICIPATED = (ValueError, OSError)
+
+
+def die_with_launcher():
+    """Under a launcher (torchrun, deepspeed: LOCAL_RANK is set) ask the kernel for SIGKILL when the
+    launcher dies (prctl PR_SET_PDEATHSIG): ranks run in their own session, so killing the launcher's
+    process group would otherwise leave them training. Launchers call it before their slow imports."""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os._exit(1)
 
 
 def one_line(error):
