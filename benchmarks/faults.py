@@ -318,8 +318,11 @@ class Suite:
         self.bad("NaN loss at step 3 (diverged run)", self.pretrain(nan, "--save-every", "2"),
                  env={"BABYLM_DS_FAULT_AT_STEP": "0:2:nan"}, at_start=False, check=lambda: not (nan / "final").exists()
                  and (nan / "checkpoints" / "latest").read_text() == "step2")
-        if self.quick:
-            return
+        if not self.quick:
+            self.bad_files_inputs(w, new)
+            self.bad_cache_inputs(new)
+
+    def bad_files_inputs(self, w, new):
         prepare = [PY, "-m", "babylm_ds.cli", "prepare", "--vocab-size", "300", "--seq-len", "16", "--num-proc", "1"]
         corpora = {"empty corpus": b"", "binary corpus": bytes(range(256)) * 8,
                    "non-UTF-8 corpus": "café".encode("latin-1") * 99}
@@ -352,6 +355,8 @@ class Suite:
                      "sha256": "meta.json sha256 edited", "vocab_size": "meta.json vocab_size edited",
                      "token_id": "token id >= vocab_size", "malformed": "malformed meta.json"}[damage]
             self.bad(label, self.pretrain(new(f"data-{damage}"), data=d), keep=[d])
+
+    def bad_cache_inputs(self, new):
         ref_cache = self.work / "ref-cache"
         for damage in ("flip", "sha256", "missing", "k", "malformed", "fingerprint"):
             c = self.damaged_cache(f"cache-{damage}", damage)
