@@ -2,6 +2,8 @@
 import importlib
 import sys
 
+from babylm_ds.utils.cli import run_cli
+
 COMMANDS = {
     "prepare": ("babylm_ds.data.cli", "prepare a corpus: clean, tokenizer, pack"),
     "cache": ("babylm_ds.cache.cli", "teacher-logit cache tools (verify, info)"),
@@ -18,7 +20,7 @@ def main(argv=None):
         print("usage: babylm-ds COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines), file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:])
+    return run_cli(module.main, argv[1:], prog=f"babylm-ds {argv[0]}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # DeepSpeed compiles its CPU ops (≈3-4 min, once) into TORCH_EXTENSIONS_DIR: keep them in the project.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))
+from babylm_ds.utils.cli import die_with_launcher, run_cli  # noqa: E402
+
+die_with_launcher()  # before the slow imports: a rank must not outlive its launcher, even while starting
 
 from babylm_ds.training.args import add_dist_args  # noqa: E402
 
@@ -23,7 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--teachers", nargs="+", required=True, help="HF model dirs (e.g. a pretraining run's OUT/final)")
     p.add_argument("--teacher-weights", type=float, nargs="+", default=None,
                    help="weights of the teachers' raw logits in the combination (default: equal, as BabyLlama)")
-    p.add_argument("--out", required=True, help="cache dir")
+    p.add_argument("--out", required=True, help="cache dir (a finished cache of other settings is refused)")
+    p.add_argument("--force", action="store_true", help="delete a finished cache in --out and rebuild it")
     p.add_argument("--k", type=int, default=64, help="top-k ids kept per token")
     p.add_argument("--shard-size", type=int, default=256, help="sequences per shard file")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per teacher forward")
@@ -40,18 +44,21 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from babylm_ds.cache import combined_logits, load_teachers, normalise_weights, teacher_info, write_cache
+    from babylm_ds.cache import (check_teacher, claim_cache, combined_logits, load_teachers, normalise_weights,
+                                 teacher_info, write_cache)
     from babylm_ds.cache.format import id_dtype
-    from babylm_ds.data import PackedDataset, load_meta
-    from babylm_ds.training.dist import init_distributed
+    from babylm_ds.data import PackedDataset, load_meta, verify_data
+    from babylm_ds.training.dist import agree, init_distributed
 
     meta = load_meta(args.data)
     vocab = meta["vocab_size"]
     if not 1 <= args.k <= vocab:
-        raise SystemExit(f"--k must be in [1, vocab_size={vocab}], got {args.k}")
+        raise ValueError(f"--k must be in [1, vocab_size={vocab}], got {args.k}")
     if args.shard_size < 1 or args.batch_size < 1:
-        raise SystemExit("--shard-size and --batch-size must be positive")
+        raise ValueError("--shard-size and --batch-size must be positive")
     weights = normalise_weights(args.teacher_weights, len(args.teachers))
+    for path in args.teachers:
+        check_teacher(path, meta)
     dataset = PackedDataset(args.data, "train")
     config = {
         "teachers": [teacher_info(path, w) for path, w in zip(args.teachers, weights)],
@@ -62,6 +69,8 @@ def main(argv=None):
         "dtypes": {"ids": id_dtype(vocab), "logprobs": args.logprob_dtype, "tail": args.tail_dtype},
     }
     rank, world = init_distributed(args.dist_timeout)
+    agree(lambda: rank == 0 and claim_cache(args.out, config, args.force))
+    agree(lambda: verify_data(args.data, rank, world, progress=rank == 0))
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     teachers = load_teachers(args.teachers, vocab, device, getattr(torch, args.teacher_dtype))
@@ -86,4 +95,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -18,13 +18,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # DeepSpeed compiles its CPU ops (≈3-4 min, once) into TORCH_EXTENSIONS_DIR: keep them in the project.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))
+from babylm_ds.utils.cli import die_with_launcher, run_cli  # noqa: E402
+
+die_with_launcher()  # before the slow imports: a rank must not outlive its launcher, even while starting
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from babylm_ds.cache import TeacherCache, combined_logits, load_teachers, normalise_weights, teacher_info  # noqa: E402
+from babylm_ds.cache import (TeacherCache, check_teacher, combined_logits, load_teachers,  # noqa: E402
+                             normalise_weights, teacher_info)
 from babylm_ds.losses import TAIL_MODES, hidden_mse, kd_loss, kd_loss_full  # noqa: E402
-from babylm_ds.models import model_from_arg, parse_overrides  # noqa: E402
+from babylm_ds.models import check_model_arg, model_from_arg, parse_overrides  # noqa: E402
 from babylm_ds.training import add_train_args, build_ds_config  # noqa: E402
 
 # Defaults a preset fills in (flags still override). The teachers (trained HF dirs of the model presets
@@ -144,15 +148,14 @@ def shard_teachers(teachers, args, cfg):
     return engines
 
 
-def open_cache(path, meta, num_sequences):
-    """The offline cache, refused with a one-line error if it was built for other data."""
-    try:
-        cache = TeacherCache(path)
-        cache.check_compatible(meta)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+def open_cache(path, meta):
+    """The offline cache, refused (ValueError) if its manifest is bad or it was built for other data;
+    its shards are hashed later, by `TeacherCache.verify` on every rank."""
+    cache = TeacherCache(path)
+    cache.check_compatible(meta)
+    num_sequences = meta["splits"]["train"]["num_sequences"]
     if len(cache) != num_sequences:
-        raise SystemExit(f"error: teacher cache {path} has {len(cache)} sequences, the training set {num_sequences}")
+        raise ValueError(f"teacher cache {path} has {len(cache)} sequences, the training set {num_sequences}")
     return cache
 
 
@@ -188,23 +191,32 @@ def main(argv=None):
     args = parse_args(argv)
     from babylm_ds.data import PackedDataset, load_meta, load_tokenizer
     from babylm_ds.training import Trainer, init_distributed
-    meta = load_meta(args.data)
-    train_ds, dev_ds = PackedDataset(args.data, "train"), PackedDataset(args.data, "dev")
-    cache = open_cache(args.teacher_cache, meta, len(train_ds)) if args.teacher_cache else None
+    from babylm_ds.training.dist import agree
+    from babylm_ds.training.guard import check_train_args, start_run
+    check_train_args(args)
+    meta, overrides = load_meta(args.data), parse_overrides(args.model_config)
+    check_model_arg(args.model, meta["vocab_size"], overrides)
+    cache = open_cache(args.teacher_cache, meta) if args.teacher_cache else None
+    for path in args.teachers or ():
+        check_teacher(path, meta)
     rank, world = init_distributed(args.dist_timeout)
+    meta, tag = start_run(args, rank, world)
+    if cache is not None:
+        agree(lambda: cache.verify(rank, world, progress=rank == 0))
+    train_ds, dev_ds = PackedDataset(args.data, "train"), PackedDataset(args.data, "dev")
     torch.manual_seed(args.seed)  # identical student init on every rank
-    student = model_from_arg(args.model, meta["vocab_size"], parse_overrides(args.model_config))
+    student = model_from_arg(args.model, meta["vocab_size"], overrides)
     if cache is not None:
         loss_fn, frozen = offline_loss(args, cache), ()
     else:
         teachers, frozen, weights, layer_map = online_teachers(args, student, world)
         loss_fn = online_loss(args, teachers, weights, layer_map)
     summary = Trainer(args, student, train_ds, dev_ds, load_tokenizer(args.data), loss_fn, frozen,
-                      card_facts(args, cache)).train()
+                      card_facts(args, cache)).train(tag)
     if rank == 0:
         print(f"done: {summary}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -217,4 +217,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from babylm_ds.utils.cli import run_cli
+    sys.exit(run_cli(main))

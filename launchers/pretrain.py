@@ -11,6 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # DeepSpeed compiles its CPU ops (≈3-4 min, once) into TORCH_EXTENSIONS_DIR: keep them in the project.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))
+from babylm_ds.utils.cli import die_with_launcher, run_cli  # noqa: E402
+
+die_with_launcher()  # before the slow imports: a rank must not outlive its launcher, even while starting
 
 from babylm_ds.training import add_train_args  # noqa: E402
 
@@ -23,22 +26,24 @@ def main(argv=None):
     import torch
 
     from babylm_ds.data import PackedDataset, load_meta, load_tokenizer
-    from babylm_ds.models import model_from_arg, parse_overrides
+    from babylm_ds.models import check_model_arg, model_from_arg, parse_overrides
     from babylm_ds.training import Trainer, init_distributed
+    from babylm_ds.training.guard import check_train_args, start_run
 
-    rank, _ = init_distributed(args.dist_timeout)
-    try:
-        meta, tokenizer = load_meta(args.data), load_tokenizer(args.data)
-        torch.manual_seed(args.seed)  # identical init on every rank
-        model = model_from_arg(args.model, meta["vocab_size"], parse_overrides(args.model_config))
-        trainer = Trainer(args, model, PackedDataset(args.data, "train"), PackedDataset(args.data, "dev"), tokenizer)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    summary = trainer.train()
+    check_train_args(args)
+    overrides = parse_overrides(args.model_config)
+    check_model_arg(args.model, load_meta(args.data)["vocab_size"], overrides)
+    rank, world = init_distributed(args.dist_timeout)
+    meta, tag = start_run(args, rank, world)
+    tokenizer = load_tokenizer(args.data)
+    torch.manual_seed(args.seed)  # identical init on every rank
+    model = model_from_arg(args.model, meta["vocab_size"], overrides)
+    trainer = Trainer(args, model, PackedDataset(args.data, "train"), PackedDataset(args.data, "dev"), tokenizer)
+    summary = trainer.train(tag)
     if rank == 0:
         print(f"done: {summary}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -19,10 +19,15 @@ GPUS_PER_NODE="${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}"
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"
 
-# --resume (no path) continues from OUT/checkpoints/latest when it exists, so a requeued job picks up
-# where it stopped; a dead rank fails the step's collective after --dist-timeout seconds and torchrun
-# then stops its node, ending the job instead of hanging.
+# --resume when OUT already holds a checkpoint (a requeued job picks up where it stopped; --resume with
+# nothing to resume is refused); a dead rank fails the step's collective after --dist-timeout seconds and
+# torchrun then stops its node, ending the job instead of hanging.
+RESUME=(); prev=""
+for arg in "$@"; do
+    [ "$prev" = "--out" ] && [ -f "$arg/checkpoints/latest" ] && RESUME=(--resume)
+    prev="$arg"
+done
 srun --kill-on-bad-exit=1 torchrun \
     --nnodes "$SLURM_NNODES" --nproc_per_node "$GPUS_PER_NODE" --node_rank "$SLURM_NODEID" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-    launchers/pretrain.py --ds_config "${DS_CONFIG:-ds_configs/zero2.json}" --resume --dist-timeout 600 "$@"
+    launchers/pretrain.py --ds_config "${DS_CONFIG:-ds_configs/zero2.json}" "${RESUME[@]}" --dist-timeout 600 "$@"

@@ -13,3 +13,5 @@ def read_metrics(out, key):
     """{step: value} of `key` in OUT/metrics.jsonl."""
     rows = [json.loads(line) for line in open(Path(out) / "metrics.jsonl")]
     return {r["step"]: r[key] for r in rows if key in r}
+# Subprocess timeouts guard against hangs only; they must never judge speed (a busy CI machine is slow).
+HANG_S = 3600

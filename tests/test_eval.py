@@ -12,6 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from babylm_ds.evaluation import evaluate_model, load_tasks, read_benchmark, score_texts
+from babylm_ds import cli as babylm_cli
 from babylm_ds.evaluation import cli as eval_cli
 from babylm_ds.evaluation.generate import generate
 
@@ -177,6 +178,6 @@ def test_cli_errors_are_one_line(argv, tmp_path, tiny_llama, capsys):
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     capsys.readouterr()
-    assert eval_cli.main([a.format(tmp=tmp_path) for a in argv]) == 1
+    assert babylm_cli.main(["eval", *[a.format(tmp=tmp_path) for a in argv]]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("babylm-ds eval: error:") and "nonexistent" in err[0]

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from launch import ROOT
+from launch import HANG_S, ROOT
 
 PIPELINE = [sys.executable, str(ROOT / "launchers" / "pipeline.py")]
 TINY = ["--max-words", "20000", "--vocab-size", "500", "--seq-len", "64", "--steps", "3", "--micro-batch", "4",
         "--k", "8", "--eval-limit", "1", "--eval-tasks", "blimp,supplement,ewok"]
 
 
-def _run(argv, log, timeout=420):
+def _run(argv, log, timeout=HANG_S):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(log, "w") as f:
         proc = subprocess.run([*PIPELINE, *argv], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=timeout)
@@ -54,7 +54,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     stamps = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
     assert len(stamps) == 10 and all(s["done"] for s in stamps.values())
 
-    rc, log = _run(["--out", str(out), *TINY], tmp_path / "run2.log", timeout=120)
+    rc, log = _run(["--out", str(out), *TINY], tmp_path / "run2.log")
     assert rc == 0, log[-4000:]
     assert log.count("up to date, skipped") == 10 and "$ " not in log  # nothing re-run
 
@@ -73,7 +73,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
 
 
 def test_pipeline_bad_stage_is_a_clear_error(tmp_path):
-    rc, log = _run(["--out", str(tmp_path), "--stages", "prepare,nope"], tmp_path / "bad.log", timeout=60)
+    rc, log = _run(["--out", str(tmp_path), "--stages", "prepare,nope"], tmp_path / "bad.log")
     assert rc == 2 and "unknown stage(s) ['nope']" in log
-    rc, log = _run(["--out", str(tmp_path / "x"), "--stages", "cache"], tmp_path / "missing.log", timeout=60)
+    rc, log = _run(["--out", str(tmp_path / "x"), "--stages", "cache"], tmp_path / "missing.log")
     assert rc == 1 and "run the earlier stages first" in log.strip().splitlines()[-1]

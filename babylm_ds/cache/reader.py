@@ -5,7 +5,7 @@ import os
 import numpy as np
 import torch
 
-from .format import check_compatible, load_manifest, record_dtype
+from .format import check_compatible, load_manifest, record_dtype, verify
 
 
 class TeacherCache:
@@ -28,6 +28,13 @@ class TeacherCache:
 
     def check_compatible(self, meta):
         check_compatible(self.manifest, meta, self.dir)
+
+    def verify(self, rank=0, world=1, progress=False):
+        """Raise ValueError naming the first missing, truncated or corrupt shard of this rank's share."""
+        if problems := verify(self.dir, rank, world, progress):
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ValueError(f"teacher cache {self.dir}: {problems[0]}{more}; rebuild it with "
+                             "launchers/cache_logits.py (rerunning the same command redoes bad shards)")
 
     def _map(self, j):
         if j not in self._maps:

@@ -5,7 +5,23 @@ import os
 
 import torch
 
-from babylm_ds.utils.io import sha256_file
+from babylm_ds.utils.io import read_json, sha256_file
+
+
+def check_teacher(path, meta):
+    """ValueError unless `path` is an HF model dir with the data's vocabulary and, when it carries a
+    tokenizer (an exported run's final/ does), the data's tokenizer (`meta`: the data's meta.json)."""
+    from babylm_ds.data import tokenizer_hash
+    config = read_json(os.path.join(path, "config.json"),
+                       f"teacher {path}: expected an HF model dir, e.g. a run's OUT/final")
+    if config.get("vocab_size") != meta["vocab_size"]:
+        raise ValueError(f"teacher {path} has vocab_size {config.get('vocab_size')}, the data {meta['vocab_size']}: "
+                         "it was trained with another tokenizer; pretrain it on this data dir")
+    if os.path.isfile(os.path.join(path, "tokenizer.json")):
+        from transformers import PreTrainedTokenizerFast
+        if tokenizer_hash(PreTrainedTokenizerFast.from_pretrained(path)) != meta["tokenizer_hash"]:
+            raise ValueError(f"teacher {path}: its tokenizer differs from the data's (tokenizer_hash); "
+                             "pretrain it on this data dir")
 
 
 def teacher_info(path, weight):

@@ -6,9 +6,11 @@ bytes depend only on its sequence range and the batch size, so a resumed cache i
 to an uninterrupted one. Set BABYLM_DS_CACHE_KILL_AT=N to SIGKILL the process at its N-th write
 event (after a batch lands in a temp file, after a shard's rename, after its sidecar): tests only.
 """
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from babylm_ds.losses import TAIL_MODES, cache_kl
-from babylm_ds.utils.io import atomic_path, atomic_write_json, sha256_file
+from babylm_ds.utils.io import atomic_path, atomic_write_json, lock_dir, read_json, sha256_file
 
 from .format import FORMAT_VERSION, MANIFEST, SHARD_DIR, config_sha, record_dtype, shard_name, shard_ranges, sidecar_name
 from .reader import TeacherCache
@@ -53,8 +55,10 @@ def _shard_done(out_dir, start, end, csha, size):
     path = os.path.join(out_dir, shard_name(start, end))
     if not (os.path.isfile(side) and os.path.isfile(path)):
         return False
-    with open(side) as f:
-        entry = json.load(f)
+    try:
+        entry = read_json(side, "")
+    except ValueError:
+        return False
     return (entry.get("config_sha") == csha and os.path.getsize(path) == size == entry["size"]
             and sha256_file(path) == entry["sha256"])
 
@@ -77,6 +81,30 @@ def write_shard(out_dir, dataset, start, end, teacher_fn, config, batch_size, de
     atomic_write_json(os.path.join(out_dir, sidecar_name(start, end)), entry)
     _fault_point()
     return entry
+
+
+def claim_cache(out_dir, config, force=False):
+    """Before any shard is written (rank 0): lock `out_dir`, and refuse to overwrite a finished cache made
+    with another config; `force` deletes it first. A finished cache of the same config is resumed."""
+    lock_dir(out_dir)
+    path = os.path.join(out_dir, MANIFEST)
+    if force:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        shutil.rmtree(os.path.join(out_dir, SHARD_DIR), ignore_errors=True)
+        return
+    if not os.path.exists(path):
+        return
+    fix = "choose another --out, or pass --force to rebuild it"
+    try:
+        old = read_json(path, fix)["config"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} exists but is unreadable; {fix}") from None
+    if old != config:
+        diffs = [k if k == "teachers" else f"{k} {old.get(k)!r} -> {config.get(k)!r}"
+                 for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
+        raise ValueError(f"{out_dir} holds a finished teacher cache made with other settings "
+                         f"({', '.join(diffs)}); {fix}")
 
 
 def sample_stats(cache, dataset, teacher_fn, num_sequences, temperature, batch_size, device):

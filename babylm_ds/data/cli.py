@@ -27,14 +27,10 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     t0 = time.time()
-    try:
-        meta = prepare_data(args.out, corpus=args.corpus, word_budget=args.word_budget, seq_len=args.seq_len,
-                            vocab_size=args.vocab_size, dev_fraction=args.dev_fraction, seed=args.seed,
-                            num_proc=args.num_proc, max_words=args.max_words, force=args.force,
-                            shard_sequences=args.shard_sequences)
-    except (ValueError, OSError) as e:
-        print(f"babylm-ds prepare: error: {e}", file=sys.stderr)
-        return 1
+    meta = prepare_data(args.out, corpus=args.corpus, word_budget=args.word_budget, seq_len=args.seq_len,
+                        vocab_size=args.vocab_size, dev_fraction=args.dev_fraction, seed=args.seed,
+                        num_proc=args.num_proc, max_words=args.max_words, force=args.force,
+                        shard_sequences=args.shard_sequences)
     tr, dev = meta["splits"]["train"], meta["splits"]["dev"]
     print(f"prepared {args.out} in {time.time() - t0:.1f}s: {meta['word_count']:,} words "
           f"{meta['word_count_by_source']}, vocab {meta['vocab_size']}, {meta['tokens_per_word']} tokens/word, "
@@ -44,4 +40,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from babylm_ds.utils.cli import run_cli
+    sys.exit(run_cli(main, prog="babylm-ds prepare"))

@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, Features, Sequence, Value
+from tqdm import tqdm
 
-from ..utils.io import atomic_write_bytes, sha256_file
+from ..utils.io import atomic_write_bytes, check_schema, read_json, sha256_file
 from .tokenizer import BOS_ID, EOS_ID, load_tokenizer, tokenizer_hash
 
 FORMAT_VERSION = 1
 SHARD_SEQUENCES = 65536  # 16 MiB per shard at seq_len 128
+META_SCHEMA = {"format_version": int, "seq_len": int, "vocab_size": int, "tokenizer_hash": str, "fingerprint": str,
+               "splits": {"train": dict, str: {"shards": [{"path": str, "sha256": str, "num_sequences": int}]}}}
 
 
 def _encode(batch, tokenizer):
@@ -77,13 +80,15 @@ def fingerprint(meta):
 
 
 def load_meta(data_dir):
-    """`data_dir/meta.json` as a dict (ValueError if missing or of another format version)."""
+    """`data_dir/meta.json` as a dict; ValueError naming the file if it is missing, malformed, of another
+    format version, or does not fit the schema."""
     path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: prepare it with `babylm-ds prepare --out {data_dir}`")
-    meta = json.loads(path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}; re-run prepare")
+    fix = f"re-run `babylm-ds prepare --out {data_dir} --force`"
+    meta = check_schema(read_json(path, fix), META_SCHEMA, path, fix)
+    if meta["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {meta['format_version']} != {FORMAT_VERSION}; {fix}")
+    if meta["seq_len"] < 2 or not 1 <= meta["vocab_size"] <= 65536:
+        raise ValueError(f"{path}: seq_len {meta['seq_len']} / vocab_size {meta['vocab_size']} out of range; {fix}")
     return meta
 
 
@@ -91,24 +96,43 @@ def _shard_size_ok(path, shard, seq_len):
     return path.stat().st_size == shard["num_sequences"] * seq_len * 2  # uint16 tokens
 
 
-def verify_data(data_dir):
-    """Check every shard's size and sha256, the tokenizer hash and the fingerprint against
-    meta.json; returns the meta, or raises ValueError naming the first bad file."""
+def verify_data(data_dir, rank=0, world=1, progress=False):
+    """Check meta.json, the tokenizer (hash and size against meta's vocab_size), the fingerprint, and every
+    shard's size, sha256 and token ids (< vocab_size); returns the meta, or raises ValueError naming the
+    first bad file and the fix. Rank `rank` of `world` hashes every world-th shard (`agree` joins them)."""
     data_dir = Path(data_dir)
     meta = load_meta(data_dir)
-    for split in meta["splits"].values():
-        for shard in split["shards"]:
-            path = data_dir / shard["path"]
-            if not path.is_file():
-                raise ValueError(f"missing shard {path}")
-            if not _shard_size_ok(path, shard, meta["seq_len"]):
-                raise ValueError(f"shard {path} has the wrong size for {shard['num_sequences']} sequences")
-            if sha256_file(path) != shard["sha256"]:
-                raise ValueError(f"shard {path} checksum mismatch (corrupted or modified)")
-    if tokenizer_hash(load_tokenizer(data_dir)) != meta["tokenizer_hash"]:
-        raise ValueError(f"tokenizer in {data_dir / 'tokenizer'} does not match meta.json tokenizer_hash")
+    fix = f"re-run `babylm-ds prepare --out {data_dir} --force`"
+    tokenizer = load_tokenizer(data_dir)
+    if tokenizer_hash(tokenizer) != meta["tokenizer_hash"]:
+        raise ValueError(f"tokenizer in {data_dir / 'tokenizer'} does not match meta.json tokenizer_hash; {fix}")
+    if len(tokenizer) != meta["vocab_size"]:
+        raise ValueError(f"{data_dir / 'meta.json'}: vocab_size {meta['vocab_size']} but the tokenizer has "
+                         f"{len(tokenizer)} tokens; {fix}")
     if fingerprint(meta) != meta["fingerprint"]:
-        raise ValueError(f"{data_dir / 'meta.json'}: fingerprint does not match its shards")
+        raise ValueError(f"{data_dir / 'meta.json'}: fingerprint does not match its shards; {fix}")
+    shards = [s for split in meta["splits"].values() for s in split["shards"]]
+    for shard in shards:
+        path = data_dir / shard["path"]
+        if not path.is_file():
+            raise ValueError(f"missing shard {path}; {fix}")
+        if not _shard_size_ok(path, shard, meta["seq_len"]):
+            raise ValueError(f"shard {path} has {path.stat().st_size} bytes, not {shard['num_sequences']} sequences "
+                             f"of {meta['seq_len']} uint16 tokens (truncated?); {fix}")
+    mine = shards[rank::world]
+    with tqdm(total=sum((data_dir / s["path"]).stat().st_size for s in mine), unit="B", unit_scale=True,
+              desc="verify data", disable=not progress or None, leave=False) as bar:
+        for shard in mine:
+            path, top = data_dir / shard["path"], [0]
+
+            def visit(block):
+                bar.update(len(block))
+                if len(block) >= 2:
+                    top[0] = max(top[0], int(np.frombuffer(block, "<u2", len(block) // 2).max()))
+            if sha256_file(path, visit=visit) != shard["sha256"]:
+                raise ValueError(f"shard {path} checksum mismatch (corrupted or modified); {fix}")
+            if top[0] >= meta["vocab_size"]:
+                raise ValueError(f"shard {path} holds token id {top[0]} >= vocab_size {meta['vocab_size']}; {fix}")
     return meta
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 from babylm_ds.models.card import update_scores
+from babylm_ds.utils.cli import run_cli
 from babylm_ds.utils.io import sha256_file
 
 from . import report
@@ -97,15 +98,9 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (OSError, ValueError, KeyError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"babylm-ds eval: error: {msg}", file=sys.stderr)
-        return 1
+    run(build_parser().parse_args(argv))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="babylm-ds eval"))

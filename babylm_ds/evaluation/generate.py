@@ -48,18 +48,15 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     logging.disable_progress_bar()
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results (deepspeed logs there)
-            model, tokenizer = load_model(args.model, device=resolve_device(args.device))
-        texts = generate(model, tokenizer, args.prompt, args.max_new_tokens, args.greedy, args.temperature, args.top_k,
-                         args.top_p, args.num_samples, args.seed)
-    except (OSError, ValueError) as e:
-        print(f"babylm-ds generate: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results (deepspeed logs there)
+        model, tokenizer = load_model(args.model, device=resolve_device(args.device))
+    texts = generate(model, tokenizer, args.prompt, args.max_new_tokens, args.greedy, args.temperature, args.top_k,
+                     args.top_p, args.num_samples, args.seed)
     for text in texts:
         print(args.prompt + text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from babylm_ds.utils.cli import run_cli
+    sys.exit(run_cli(main, prog="babylm-ds generate"))

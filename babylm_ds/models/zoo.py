@@ -7,7 +7,8 @@ import os
 
 import torch
 from transformers import (
-    AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM,
+    AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MambaConfig,
+    MambaForCausalLM,
 )
 
 from babylm_ds.models.babyhgrn import BabyHGRNConfig, BabyHGRNForCausalLM
@@ -113,12 +114,26 @@ def parse_overrides(pairs):
     return out
 
 
+def check_model_arg(name, vocab_size, overrides):
+    """ValueError unless --model names a preset or an HF dir whose vocabulary is the data's `vocab_size`,
+    and the --model-config overrides leave the vocabulary alone (it comes from the data)."""
+    if "vocab_size" in overrides:
+        raise ValueError(f"--model-config vocab_size={overrides['vocab_size']}: the vocabulary size comes from the "
+                         f"data's tokenizer ({vocab_size}); drop it")
+    if os.path.isdir(name):
+        config = AutoConfig.from_pretrained(name)
+        if config.vocab_size != vocab_size:
+            raise ValueError(f"--model {name} has vocab_size {config.vocab_size}, the data {vocab_size}: it was "
+                             "trained with another tokenizer")
+    elif name not in PRESETS:
+        raise ValueError(f"--model {name!r}: not a directory nor a preset ({', '.join(preset_names())})")
+
+
 def model_from_arg(name, vocab_size, overrides):
     """The model a launcher's --model names: a saved HF directory, or a preset built for `vocab_size`."""
+    check_model_arg(name, vocab_size, overrides)
     if os.path.isdir(name):
         return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **overrides)
-    if name not in PRESETS:
-        raise SystemExit(f"--model {name!r}: not a directory nor a preset ({', '.join(preset_names())})")
     return build_model(name, vocab_size=vocab_size, **overrides)
 
 

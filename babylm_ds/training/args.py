@@ -24,7 +24,7 @@ def add_train_args(parser):
     g.add_argument("--out", required=True, help="output dir: checkpoints/, tb/, metrics.jsonl, final/")
     g.add_argument("--micro-batch", type=int, default=None, help="sequences per rank per micro-step")
     g.add_argument("--grad-accum", type=int, default=None, help="micro-steps per optimizer step")
-    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate, 0 < lr <= 1")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr = lr * ratio")
     g.add_argument("--warmup-steps", type=int, default=0)
     g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine")
@@ -37,6 +37,8 @@ def add_train_args(parser):
     g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: end only)")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a checkpoint dir (default OUT/checkpoints, tag from its `latest`)")
+    g.add_argument("--force", action="store_true",
+                   help="delete an earlier run in --out (an --out holding one is refused without --resume/--force)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--bf16", action="store_true", default=None, help="bf16 mixed precision")
     g.add_argument("--clip", type=float, default=None, help="gradient clipping (max global norm)")

@@ -1,4 +1,6 @@
-"""Process-group setup and ZeRO-aware gathering of full parameters."""
+"""Process-group setup (ranks die with their launcher, no /dev/shm leftovers), errors agreed on by all
+ranks, and ZeRO-aware gathering of full parameters."""
+import contextlib
 import os
 import socket
 import sys
@@ -12,6 +14,10 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 from deepspeed.utils import safe_get_full_fp32_param
 
+from babylm_ds.utils.cli import ANTICIPATED, die_with_launcher, one_line
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def free_port():
     with socket.socket() as s:
@@ -19,18 +25,53 @@ def free_port():
         return s.getsockname()[1]
 
 
+def unlink_shm_buffer(rank):
+    """DeepSpeed's CPU all-reduce maps one /dev/shm buffer per rank (csrc/cpu/comm/shm.cpp, 66 MiB) and
+    never unlinks it. Once every rank has mapped every buffer (after the first barrier) each rank
+    unlinks its own name: the mappings stay valid and even a killed job leaves nothing behind."""
+    name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
+        os.getuid(), os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), rank)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join("/dev/shm", name))
+
+
 def init_distributed(timeout_s=1800.0):
     """Join (or, for a plain `python` run, create) the process group; returns (rank, world_size).
 
-    A collective that waits on a dead rank fails after `timeout_s` seconds instead of hanging."""
+    A collective that waits on a dead rank fails after `timeout_s` seconds instead of hanging.
+    DeepSpeed's compiled ops are built in the project's .torch_extensions unless TORCH_EXTENSIONS_DIR
+    says otherwise."""
     if not dist.is_initialized():
+        die_with_launcher()
+        if os.path.isfile(os.path.join(ROOT, "setup.py")):  # a source checkout
+            os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))
         if not any(k in os.environ for k in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")):
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
         deepspeed.init_distributed(timeout=timedelta(seconds=timeout_s), verbose=False)
         if get_accelerator().device_name() != "cpu":
             get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        else:
+            dist.barrier()
+            unlink_shm_buffer(dist.get_rank())
     return dist.get_rank(), dist.get_world_size()
+
+
+def agree(fn):
+    """Run `fn()` on every rank and return its result. If it raised an anticipated error (ValueError,
+    OSError) on any rank, every rank raises ValueError with the first such message, so no rank goes on
+    to wait for peers that gave up. Collective."""
+    try:
+        result, error = fn(), None
+    except ANTICIPATED as e:
+        result, error = None, one_line(e)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+        error = next((e for e in errors if e), None)
+    if error:
+        raise ValueError(error)
+    return result
 
 
 class Watchdog:

@@ -17,12 +17,14 @@ from babylm_ds.models.card import architecture, facts, launch_command, write_car
 from babylm_ds.models.remote_code import with_bos, write_remote_code
 from babylm_ds.training.config import build_ds_config
 from babylm_ds.training.dist import Watchdog, gather_state_dict, init_distributed
+from babylm_ds.training.guard import resume_dir, seal_checkpoint
 from babylm_ds.training.sampler import ResumableSampler
 from babylm_ds.training.schedule import build_scheduler
 from babylm_ds.utils.io import atomic_path, atomic_write_json, sha256_file
 
 # Fault injection for tests: "rank:step" makes that rank die (os._exit(1)) once `step` optimizer steps are
-# done; "rank:step:hang" makes it stall instead (the others then fail after --dist-timeout).
+# done; "rank:step:hang" makes it stall instead (the others then fail after --dist-timeout); "rank:step:nan"
+# makes its next loss NaN (the run then stops as diverged).
 FAULT_ENV = "BABYLM_DS_FAULT_AT_STEP"
 
 
@@ -52,15 +54,19 @@ def export_hf(module, state_dict, tokenizer, out_dir, card=None):
     (README.md) from `card`'s facts."""
     tmp = f"{out_dir}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model = fresh_copy(module, state_dict)
-    model.save_pretrained(tmp, safe_serialization=True)
-    write_remote_code(model, tmp)
-    if tokenizer is not None:
-        with_bos(tokenizer).save_pretrained(tmp)
-    files = sorted(f for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f)))
-    atomic_write_json(os.path.join(tmp, "manifest.json"), {f: sha256_file(os.path.join(tmp, f)) for f in files})
-    if card is not None:
-        write_card(tmp, {**card, "architecture": architecture(model)})
+    try:
+        model = fresh_copy(module, state_dict)
+        model.save_pretrained(tmp, safe_serialization=True)
+        write_remote_code(model, tmp)
+        if tokenizer is not None:
+            with_bos(tokenizer).save_pretrained(tmp)
+        files = sorted(f for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f)))
+        atomic_write_json(os.path.join(tmp, "manifest.json"), {f: sha256_file(os.path.join(tmp, f)) for f in files})
+        if card is not None:
+            write_card(tmp, {**card, "architecture": architecture(model)})
+    except OSError:  # e.g. a full disk: the previous out_dir stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 
@@ -111,20 +117,17 @@ class Trainer:
         for m in self.frozen_modules:
             m.to(device=self.engine.device, dtype=dtype).eval().requires_grad_(False)
 
-    def _resume(self):
-        """Load the checkpoint named by --resume; returns the optimizer step to continue from."""
-        load_dir = self.ckpt_dir if self.args.resume == "auto" else self.args.resume
-        if not os.path.isfile(os.path.join(load_dir, "latest")):
-            if self.args.resume == "auto":
-                return 0
-            raise SystemExit(f"--resume {load_dir}: no DeepSpeed checkpoint (no 'latest' file) there")
-        path, client = self.engine.load_checkpoint(load_dir)
+    def _resume(self, tag):
+        """Load checkpoint `tag` (verified by `guard.start_run`) of --resume's dir; returns the optimizer step
+        to continue from."""
+        load_dir = resume_dir(self.args)
+        path, client = self.engine.load_checkpoint(load_dir, tag=tag)
         if path is None:
-            raise SystemExit(f"--resume {load_dir}: loading the checkpoint failed")
+            raise ValueError(f"--resume {load_dir}: loading checkpoint {tag} failed")
         want = self._identity()
         got = {k: client.get(k) for k in want}
         if got != want:
-            raise SystemExit(f"--resume {load_dir}: checkpoint was written with {got}, this run has {want}; "
+            raise ValueError(f"--resume {load_dir}: checkpoint was written with {got}, this run has {want}; "
                              "exact resumption needs the same world size, batch sizes and seed")
         return client["step"]
 
@@ -153,12 +156,14 @@ class Trainer:
                 self.tb.add_scalar(f"{prefix}{k}", v, step)
 
     # --- steps --------------------------------------------------------------------------------
-    def _train_step(self, batches):
+    def _train_step(self, batches, poison=False):
         """One optimizer step over `accum` micro-batches; returns rank-averaged loss and metrics."""
         total, names, sums = 0.0, None, None
         for batch in batches:
             batch = {k: v.to(self.engine.device) for k, v in batch.items()}
             loss, metrics = self.loss_fn(self.engine, batch)
+            if poison:
+                loss = loss * float("nan")
             self.engine.backward(loss)
             self.engine.step()
             self.watchdog.beat()
@@ -218,17 +223,28 @@ class Trainer:
         return {"world_size": self.world, "micro": self.micro, "accum": self.accum, "seed": self.args.seed}
 
     def save(self, step):
-        client = {"step": step, **self._identity()}
-        self.engine.save_checkpoint(self.ckpt_dir, tag=f"step{step}", client_state=client)
+        """Checkpoint `step`; `latest` names it only once it is complete and sealed with checksums, so a
+        failed save (kill, full disk) leaves the last good checkpoint in charge (its partial dir removed)."""
+        client, tag = {"step": step, **self._identity()}, f"step{step}"
+        try:
+            self.engine.save_checkpoint(self.ckpt_dir, tag=tag, client_state=client, save_latest=False)
+            if self.rank == 0:
+                seal_checkpoint(self.ckpt_dir, tag)
+        except OSError:
+            if self.rank == 0:
+                shutil.rmtree(os.path.join(self.ckpt_dir, tag), ignore_errors=True)
+            raise
+        dist.barrier()
         self.watchdog.beat()
 
     # --- loop ---------------------------------------------------------------------------------
-    def train(self):
-        """Run to --max-steps / --epochs, export OUT/final and end the process group; returns a summary
-        dict (also written to OUT/summary.json)."""
+    def train(self, resume_tag=None):
+        """Run to --max-steps / --epochs (from checkpoint `resume_tag` of --resume's dir), export OUT/final
+        and end the process group; returns a summary dict (also written to OUT/summary.json). A non-finite
+        loss or gradient norm stops the run with a ValueError before anything is saved or exported."""
         args = self.args
         self._initialize()
-        step = self._resume() if args.resume else 0
+        step = self._resume(resume_tag) if resume_tag else 0
         self._open_logs(step)
         self.watchdog.start()
         sampler = ResumableSampler(self.train_ds, self.world, self.rank, seed=args.seed)
@@ -242,7 +258,7 @@ class Trainer:
             loader = iter(DataLoader(self.train_ds, batch_size=self.micro, sampler=sampler, collate_fn=collate,
                                      drop_last=True, num_workers=args.num_workers))
             for _ in range(offset, min(self.steps_per_epoch, offset + self.total_steps - step)):
-                if (self.rank, step) == fault_at:
+                if (self.rank, step) == fault_at and fault[2:] != ["nan"]:
                     if fault[2:] == ["hang"]:
                         time.sleep(1e9)
                     os._exit(1)
@@ -250,10 +266,18 @@ class Trainer:
                 lr, t0 = self.engine.get_lr()[0], time.perf_counter()
                 batches = [next(loader) for _ in range(self.accum)]
                 tokens_per_step = self.world * sum(b["input_ids"].numel() for b in batches)
-                loss, metrics = self._train_step(batches)
+                loss, metrics = self._train_step(batches, poison=(self.rank, step) == fault_at)
                 dt = time.perf_counter() - t0
                 step, tokens, seconds = step + 1, tokens + tokens_per_step, seconds + dt
                 grad_norm = self.engine.get_global_grad_norm()
+                if not math.isfinite(loss) or grad_norm is not None and not math.isfinite(float(grad_norm)):
+                    bar.close()
+                    kept = "no checkpoint yet; lower --lr or --clip"
+                    if last_save:
+                        kept = (f"the last good checkpoint {self.ckpt_dir}/step{last_save} is untouched; lower --lr "
+                                "or --clip and rerun with --resume")
+                    raise ValueError(f"step {step}: loss {loss:g}, gradient norm {float(grad_norm or 0):g}: training "
+                                     f"diverged, stopped without saving or exporting ({kept})")
                 record = {"loss": loss, "lr": lr, "tokens_per_s": tokens_per_step / dt,
                           **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}), **metrics}
                 self._log(step, record, "train/")

@@ -1,0 +1,84 @@
+"""Refuse a training run at start, before any model is built: out-of-range flags, an --out in use or
+holding finished work, data or a --resume checkpoint that do not verify. Checkpoints are sealed with
+the sha256 of their files before `latest` names them."""
+import math
+import os
+import shutil
+
+from babylm_ds.data import verify_data
+from babylm_ds.training.config import build_ds_config
+from babylm_ds.training.dist import agree
+from babylm_ds.utils.io import atomic_write_bytes, atomic_write_json, lock_dir, read_json, sha256_file
+
+MAX_LR = 1.0  # beyond this an Adam step overflows fp32 (1e38) or wipes out the model (1e6)
+CHECKSUMS = "checksums.json"
+RUN_FILES = ("checkpoints", "final", "final.tmp", "summary.json", "metrics.jsonl", "tb", "args.json", "ds_config.json")
+
+
+def check_train_args(args):
+    """ValueError for a flag out of range (no file is read)."""
+    if not (math.isfinite(args.lr) and 0 < args.lr <= MAX_LR):
+        raise ValueError(f"--lr {args.lr:g} is out of range: use 0 < lr <= {MAX_LR:g}")
+    if args.max_steps is not None and args.max_steps < 1 or not (math.isfinite(args.epochs) and args.epochs > 0):
+        raise ValueError(f"--max-steps ({args.max_steps}) must be >= 1 and --epochs ({args.epochs}) > 0")
+    if min(args.warmup_steps, args.save_every, args.eval_every) < 0 or args.log_every < 1:
+        raise ValueError("--warmup-steps, --save-every and --eval-every must be >= 0, --log-every >= 1")
+    if args.resume and args.force:
+        raise ValueError("--resume continues the run in --out and --force deletes it: give one of them")
+
+
+def resume_dir(args):
+    return os.path.join(args.out, "checkpoints") if args.resume in (None, "auto") else args.resume
+
+
+def claim_out(args):
+    """Rank 0: lock --out; refuse finished work without --resume or --force, and --resume with nothing to
+    resume; --force deletes the earlier run's files."""
+    lock_dir(args.out)
+    if args.force:
+        for name in RUN_FILES:
+            path = os.path.join(args.out, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.unlink(path)
+        return
+    if args.resume:
+        if not os.path.isfile(os.path.join(resume_dir(args), "latest")):
+            raise ValueError(f"--resume: nothing to resume in {resume_dir(args)} (no 'latest' checkpoint); "
+                             "drop --resume to start a new run")
+        return
+    done = [n for n in ("checkpoints/latest", "final", "summary.json") if os.path.exists(os.path.join(args.out, n))]
+    if done:
+        raise ValueError(f"--out {args.out} holds an earlier run ({', '.join(done)}); pass --resume to continue it, "
+                         "--force to replace it, or choose another --out")
+
+
+def seal_checkpoint(ckpt_dir, tag):
+    """Rank 0, after every rank saved `tag`: write its files' sha256, then point `latest` at it (atomic)."""
+    tag_dir = os.path.join(ckpt_dir, tag)
+    files = sorted(f for f in os.listdir(tag_dir) if f != CHECKSUMS and os.path.isfile(os.path.join(tag_dir, f)))
+    atomic_write_json(os.path.join(tag_dir, CHECKSUMS), {f: sha256_file(os.path.join(tag_dir, f)) for f in files})
+    atomic_write_bytes(os.path.join(ckpt_dir, "latest"), tag.encode())
+
+
+def verify_checkpoint(ckpt_dir, rank=0, world=1):
+    """The tag `latest` names, its files checked against its checksums.json (this rank's share)."""
+    with open(os.path.join(ckpt_dir, "latest")) as f:
+        tag = f.read().strip()
+    fix = "start over with --force, or point `latest` at an earlier tag"
+    sums = read_json(os.path.join(ckpt_dir, tag, CHECKSUMS), f"checkpoint {tag} is incomplete; {fix}")
+    for name, digest in sorted(sums.items())[rank::world]:
+        path = os.path.join(ckpt_dir, tag, name)
+        if not os.path.isfile(path):
+            raise ValueError(f"checkpoint file {path} is missing; {fix}")
+        if sha256_file(path) != digest:
+            raise ValueError(f"checkpoint file {path} is corrupt (sha256 mismatch); {fix}")
+    return tag
+
+
+def start_run(args, rank, world):
+    """On every rank, at start: claim --out (rank 0), verify the data and the --resume checkpoint (each rank
+    hashes its share); an error on any rank is raised on all. Returns (meta, tag to resume or None)."""
+    build_ds_config(args, world)  # batch sizes and the JSON config, checked before any model is built
+    agree(lambda: rank == 0 and claim_out(args))
+    meta = agree(lambda: verify_data(args.data, rank, world, progress=rank == 0))
+    tag = agree(lambda: verify_checkpoint(resume_dir(args), rank, world)) if args.resume else None
+    return meta, tag
