@@ -227,6 +227,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("dht"), py::arg("cu_seqlens"), py::arg("mode"));
   m.def("hgrn2_tile_gemm", &hgrn2_tile_gemm, "one emulated warp's 16 x N tile GEMM (src: kn, nk, fn)", py::arg("a"),
         py::arg("b"), py::arg("mode"), py::arg("src"));
+  m.def("hgrn2_tile_smem", &hgrn2_tile_smem, "dynamic shared memory bytes of the CUDA kernels K1, K2, K3",
+        py::arg("mode"));
   m.def("has_cuda", &has_cuda, "whether the CUDA kernels were compiled in");
   m.def("cpu_isa", &hgrn2::cpu_isa, "instruction set the CPU kernels run with");
 }

@@ -1,5 +1,7 @@
 // The HGRN2 GPU kernels (hgrn2_kernels.h) run on the CPU by the host policy of hgrn2_tile.h: emulated
-// warps, PTX fragment layouts and operand rounding. For tests (tests/test_tiles.py).
+// warps, PTX fragment layouts and operand rounding. For tests (tests/test_tiles.py); -O1 keeps the
+// build of these 20 kernel instantiations short.
+#pragma GCC optimize("O1")
 #include "hgrn2_emu.h"
 
 #include <algorithm>
@@ -48,7 +50,8 @@ int mode_id(const std::string& m) {
   if (m == "bf16") return kBf16;
   if (m == "fp16") return kF16;
   if (m == "tf32x3") return kTf32x3;
-  TORCH_CHECK_VALUE(m == "fp64", "hgrn2 emulation: mode must be bf16, fp16, tf32x3 or fp64, got ", m);
+  if (m == "tf32") return kTf32;
+  TORCH_CHECK_VALUE(m == "fp64", "hgrn2 emulation: mode must be bf16, fp16, tf32, tf32x3 or fp64, got ", m);
   return kF64;
 }
 
@@ -82,6 +85,7 @@ struct Call {
 
 Call make_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, double scale,
                const OptT& h0, const OptT& cu, int mode) {
+  TORCH_CHECK_VALUE(mode != kTf32, "hgrn2 emulation: the kernels run bf16, fp16, tf32x3 or fp64 (tf32: tile_gemm only)");
   const auto st = mode == kF64 ? at::kDouble : at::kFloat;
   auto cv = [st](const at::Tensor& t) { return t.to(st).contiguous(); };
   Call c;
@@ -169,6 +173,16 @@ at::Tensor hgrn2_tile_gemm(const at::Tensor& a, const at::Tensor& b, const std::
     case kBf16: return gemm<kBf16>(a, b, src);
     case kF16: return gemm<kF16>(a, b, src);
     case kTf32x3: return gemm<kTf32x3>(a, b, src);
+    case kTf32: return gemm<kTf32>(a, b, src);
     default: return gemm<kF64>(a, b, src);
   }
+}
+
+std::vector<int64_t> hgrn2_tile_smem(const std::string& mode) {
+  auto sizes = [](auto e) -> std::vector<int64_t> {
+    using E = decltype(e);
+    return {(int64_t)k1_smem<E, float>(), (int64_t)k2_smem<E, float>(), (int64_t)k3_smem<E, float>()};
+  };
+  const int m = mode_id(mode);
+  return m == kBf16 ? sizes(bf16_t{}) : m == kF16 ? sizes(f16_t{}) : sizes(0.0f);
 }

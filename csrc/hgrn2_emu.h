@@ -17,3 +17,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, OptT> hgrn2_emu_bwd(
 // One emulated warp's D[16, N] = A[16, Kd] B[Kd, N] (float64 result) through warp_gemm; src "kn" / "nk":
 // operands from 16-bit smem tiles by ldmatrix (B stored [Kd, N] / [N, Kd]), "fn": element by element.
 at::Tensor hgrn2_tile_gemm(const at::Tensor& a, const at::Tensor& b, const std::string& mode, const std::string& src);
+// Dynamic shared memory (bytes) of the K1, K2, K3 CUDA kernels for mode bf16, fp16 or tf32x3 (fp32).
+std::vector<int64_t> hgrn2_tile_smem(const std::string& mode);

@@ -140,7 +140,9 @@ HGRN2_TD void k1_body(const Params<In, A>& p, int bx, int by, char* smem) {
   auto each = [&](auto&& f) {
     P::warps([&](int w) {
       P::lanes(w, [&](int th, int l) {
+        #pragma unroll
         for (int j = 0; j < 8; ++j)
+          #pragma unroll
           for (int i = 0; i < 4; ++i) {
             const int c = k0 + 16 * w + c_row(l, i), x = v0 + 8 * j + c_col(l, i);
             f(S[j][th].x[i], c, x, c < p.K && x < p.V);
@@ -169,8 +171,10 @@ HGRN2_TD void k1_body(const Params<In, A>& p, int bx, int by, char* smem) {
     P::warps([&](int w) {
       const int r = 16 * w;
       P::lanes(w, [&](int th, int l) {
+        #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const A d = gexp(bl[r + c_row(l, i)]);
+          #pragma unroll
           for (int j = 0; j < 8; ++j) S[j][th].x[i] *= d;
         }
       });
@@ -223,8 +227,10 @@ HGRN2_TD void k2_body(const Params<In, A>& p, int bx, int by, int bz, char* smem
                    }));
       if (!ref)  // diagonal block pairwise
         P::lanes(w, [&](int th, int l) {
+          #pragma unroll
           for (int j = 0; j < 8; ++j) {
             if (j >> 1 != w) continue;
+            #pragma unroll
             for (int i = 0; i < 4; ++i) {
               const int ii = r + c_row(l, i), jj = 8 * j + c_col(l, i);
               if (jj > ii) continue;
@@ -246,7 +252,9 @@ HGRN2_TD void k2_body(const Params<In, A>& p, int bx, int by, int bz, char* smem
   }
   P::warps([&](int w) {
     P::lanes(w, [&](int th, int l) {
+      #pragma unroll
       for (int j = 0; j < 8; ++j)
+        #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int ii = 16 * w + c_row(l, i), jj = 8 * j + c_col(l, i);
           am[ii * kLF + jj] = jj <= ii ? p.scale * Aa[j][th].x[i] : A(0);
@@ -261,7 +269,9 @@ HGRN2_TD void k2_body(const Params<In, A>& p, int bx, int by, int bz, char* smem
     if (BWD) warp_gemm<P>(w, O, 8, r, round_up(L, kK), TileAT<A>{am + r, kLF}, TileKN<E>{y, kLE});
     else warp_gemm<P>(w, O, 8, 0, r + 16, TileA<A>{am + r * kLF, kLF}, TileKN<E>{y, kLE});
     P::lanes(w, [&](int th, int l) {
+      #pragma unroll
       for (int j = 0; j < 8; ++j)
+        #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int t = r + c_row(l, i), x = 8 * j + c_col(l, i);
           if (t < L && x < vn) out[t * sV + x] = conv<In>(O[j][th].x[i]);
@@ -320,7 +330,9 @@ HGRN2_TD void k3_body(const Params<In, A>& p, int bx, int by, int bz, char* smem
   const A* bl = b + (L - 1) * kLF;
   P::warps([&](int w) {
     P::lanes(w, [&](int th, int l) {
+      #pragma unroll
       for (int j = 0; j < 8; ++j)
+        #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int ii = 16 * w + c_row(l, i), c = 8 * j + c_col(l, i);
           da[ii * kLF + c] = c <= ii ? p.scale * DA[j][th].x[i] : A(0);
@@ -339,7 +351,9 @@ HGRN2_TD void k3_body(const Params<In, A>& p, int bx, int by, int bz, char* smem
                    return j < r || ref ? tof(kk[j * kLE + c]) * gexp(b[r * kLF + c] - b[j * kLF + c]) : A(0);
                  }));
     P::lanes(w, [&](int th, int l) {
+      #pragma unroll
       for (int j = 0; j < 8; ++j)
+        #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int ii = r + c_row(l, i), c = 8 * j + c_col(l, i);
           A s = gexp(b[ii * kLF + c] - b[r * kLF + c]) * DA[j][th].x[i];
@@ -354,7 +368,9 @@ HGRN2_TD void k3_body(const Params<In, A>& p, int bx, int by, int bz, char* smem
                    return i > e || ref ? tof(q[i * kLE + c]) * gexp(b[i * kLF + c] - b[e * kLF + c]) : A(0);
                  }));
     P::lanes(w, [&](int th, int l) {
+      #pragma unroll
       for (int j = 0; j < 8; ++j)
+        #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int jj = r + c_row(l, i), c = 8 * j + c_col(l, i);
           A s = gexp(b[e * kLF + c] - b[jj * kLF + c]) * DA[j][th].x[i];

@@ -34,7 +34,7 @@ constexpr int kC = hgrn2::kChunk;  // chunk length (time rows of every tile)
 constexpr int kBK = 64, kBV = 64;  // key / value columns of a tile
 static_assert(kC == 16 * kWarps && kBK == kC && kBV == kC, "one 16-row block per warp; square tiles");
 
-enum ModeId { kBf16 = 0, kF16 = 1, kTf32x3 = 2, kF64 = 3 };
+enum ModeId { kBf16 = 0, kF16 = 1, kTf32x3 = 2, kF64 = 3, kTf32 = 4 };  // kTf32: host, one pass (tests)
 
 // ---------------------------------------------------------------------------------------------
 // Scalar conversions. Host 16-bit storage types: raw bits (same layout as the CUDA types).
@@ -184,6 +184,7 @@ struct ModeF64 : Layout8 {
 template <int MODE> struct ModeOf { using type = Mode16<MODE>; };
 template <> struct ModeOf<kTf32x3> { using type = ModeTf32x3; };
 template <> struct ModeOf<kF64> { using type = ModeF64; };
+template <> struct ModeOf<kTf32> { using type = ModeTf32x3; };
 
 // ---------------------------------------------------------------------------------------------
 // Host policy: the PTX ISA's fragment tables ("Matrix Fragments for mma.m16n8k16 / mma.m16n8k8",
@@ -262,8 +263,10 @@ struct Host {
   template <bool TRANS, class F>
   static void ldsm_x4(int w, R<U4>& d, F&& addr) {
     for (int l = 0; l < 32; ++l)
+      #pragma unroll
       for (int j = 0; j < 4; ++j) {
         uint16_t e[2];
+        #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int row = TRANS ? 2 * (l % 4) + h : l / 4, col = TRANS ? l / 4 : 2 * (l % 4) + h;
           e[h] = reinterpret_cast<const uint16_t*>(addr(8 * j + row))[col];
@@ -279,11 +282,13 @@ struct Host {
     auto unpack = [&](int pass) {
       for (int l = 0; l < 32; ++l) {
         int row, col;
+        #pragma unroll
         for (int i = 0; i < Md::kA; ++i) {
           if constexpr (K == 16) ptx::a_m16n8k16(l, i, row, col);
           else ptx::a_m16n8k8_tf32(l, i, row, col);
           A[row][col] = aval(a[w * 32 + l], i, pass);
         }
+        #pragma unroll
         for (int i = 0; i < Md::kB; ++i) {
           if constexpr (K == 16) ptx::b_m16n8k16(l, i, row, col);
           else ptx::b_m16n8k8_tf32(l, i, row, col);
@@ -292,6 +297,7 @@ struct Host {
       }
     };
     for (int l = 0; l < 32; ++l)
+      #pragma unroll
       for (int i = 0; i < 4; ++i) {
         int row, col;
         ptx::c_m16n8(l, i, row, col);
@@ -308,6 +314,7 @@ struct Host {
         }
     }
     for (int l = 0; l < 32; ++l)
+      #pragma unroll
       for (int i = 0; i < 4; ++i) {
         int row, col;
         ptx::c_m16n8(l, i, row, col);
@@ -324,13 +331,13 @@ struct Host {
   template <class F>
   static double aval(const F& f, int i, int pass) {
     if constexpr (MODE == kF64) return f.x[i];
-    else if constexpr (MODE == kTf32x3) return pass == 1 ? f.lo[i] : f.hi[i];
+    else if constexpr (MODE == kTf32x3 || MODE == kTf32) return pass == 1 ? f.lo[i] : f.hi[i];
     else return half16(f.x[i >> 1], i & 1);
   }
   template <class F>
   static double bval(const F& f, int i, int pass) {
     if constexpr (MODE == kF64) return f.x[i];
-    else if constexpr (MODE == kTf32x3) return pass == 0 ? f.lo[i] : f.hi[i];
+    else if constexpr (MODE == kTf32x3 || MODE == kTf32) return pass == 0 ? f.lo[i] : f.hi[i];
     else return half16(f.x[i >> 1], i & 1);
   }
 };
@@ -462,6 +469,7 @@ struct Fn {
   HGRN2_TD void load_a(int w, typename P::template R<typename P::Md::FA>& a, int k0) const {
     using Md = typename P::Md;
     P::lanes(w, [&](int th, int lane) {
+      #pragma unroll
       for (int i = 0; i < Md::kA; ++i) Md::set_a(a[th], i, f(Md::a_row(lane, i), k0 + Md::a_col(lane, i)));
     });
   }
@@ -469,7 +477,9 @@ struct Fn {
   HGRN2_TD void load_b(int w, typename P::template R<typename P::Md::FB>* b, int k0, int n0) const {
     using Md = typename P::Md;
     P::lanes(w, [&](int th, int lane) {
+      #pragma unroll
       for (int t = 0; t < 2; ++t)
+        #pragma unroll
         for (int i = 0; i < Md::kB; ++i) Md::set_b(b[t][th], i, f(k0 + Md::b_k(lane, i), n0 + 8 * t + (lane >> 2)));
     });
   }
@@ -519,6 +529,7 @@ struct TileB {
         return NK ? p + (n0 + (l & 7) + b) * ld + k0 + ((l >> 3 & 1) << 3) : p + (k0 + a) * ld + n0 + b;
       });
       P::lanes(w, [&](int th, int) {
+        #pragma unroll
         for (int t = 0; t < 2; ++t) b[t][th].x[0] = r[th].x[2 * t], b[t][th].x[1] = r[th].x[2 * t + 1];
       });
     } else {
@@ -552,7 +563,9 @@ HGRN2_TD void warp_gemm(int w, typename P::template R<FragC<typename P::acc_t>> 
 template <class P, int NT>
 HGRN2_TD void zero(int w, typename P::template R<FragC<typename P::acc_t>> (&acc)[NT]) {
   P::lanes(w, [&](int th, int) {
+    #pragma unroll
     for (int j = 0; j < NT; ++j)
+      #pragma unroll
       for (int i = 0; i < 4; ++i) acc[j][th].x[i] = 0;
   });
 }
