@@ -13,17 +13,17 @@ namespace {
 using namespace hgrn2_tile;
 
 template <int M, bool REV, class In>
-__global__ void __launch_bounds__(kThreads) k1_kernel(const Params<In, float> p) {
+__global__ void __launch_bounds__(kThreads, 1) k1_kernel(const Params<In, float> p) {
   extern __shared__ __align__(16) char smem[];
   k1_body<Dev<M>, REV>(p, blockIdx.x, blockIdx.y, smem);
 }
 template <int M, bool BWD, class In>
-__global__ void __launch_bounds__(kThreads) k2_kernel(const Params<In, float> p) {
+__global__ void __launch_bounds__(kThreads, 1) k2_kernel(const Params<In, float> p) {
   extern __shared__ __align__(16) char smem[];
   k2_body<Dev<M>, BWD>(p, blockIdx.x, blockIdx.y, blockIdx.z, smem);
 }
 template <int M, class In>
-__global__ void __launch_bounds__(kThreads) k3_kernel(const Params<In, float> p) {
+__global__ void __launch_bounds__(kThreads, 1) k3_kernel(const Params<In, float> p) {
   extern __shared__ __align__(16) char smem[];
   k3_body<Dev<M>>(p, blockIdx.x, blockIdx.y, blockIdx.z, smem);
 }
