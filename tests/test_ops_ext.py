@@ -157,6 +157,11 @@ def test_bad_shapes_raise():
         _C.hgrn2_fwd(q, k[:, :5], v, g, 1.0, None, False)
     with pytest.raises(ValueError, match="initial_state"):
         _C.hgrn2_fwd(q, k, v, g, 1.0, h0[..., :2], False)
+    cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"initial_state must be \[N, H, K, V\]"):  # one state per sequence
+        _C.hgrn2_fwd(q, k, v, g, 1.0, h0, False, cu)
+    with pytest.raises(NotImplementedError, match="cu_seqlens"):
+        hgrn2_ext(q, k, v, g, 1.0, None, False, cu_seqlens=cu)
 
 
 @pytest.mark.gpu
