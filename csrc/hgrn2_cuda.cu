@@ -67,7 +67,7 @@ const char* run(const Problem& pr, const void* q, const void* k, const void* v, 
   switch (p.dtype) {                                              \
     case kF32: return run<kTf32x3, float>(__VA_ARGS__);           \
     case kBF16: return run<kBf16, __nv_bfloat16>(__VA_ARGS__);    \
-    case kF16: return run<kF16, __half>(__VA_ARGS__);             \
+    case kF16: return run<hgrn2_tile::kF16, __half>(__VA_ARGS__); \
     default: return "hgrn2 cuda: unsupported dtype";              \
   }
 
