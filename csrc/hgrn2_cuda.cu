@@ -1,6 +1,6 @@
 // HGRN2 CUDA kernels: the bodies of hgrn2_kernels.h on the device policy of hgrn2_tile.h (tensor-core
 // mma.sync: bf16 / fp16 m16n8k16, fp32 as 3xTF32 m16n8k8; fp32 state). 128 threads per block, tiles
-// of 64 rows x 64 columns whatever K and V, so the shared memory per block is fixed (at most 137 KiB,
+// of 64 rows x 64 columns whatever K and V, so the shared memory per block is fixed (at most 141 KiB,
 // fp32 K3) and fits an A100 (163 KiB) for every head size.
 #include <cuda_runtime.h>
 
