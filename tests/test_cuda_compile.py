@@ -2,7 +2,7 @@
 on register spills, on shared memory (static + the kernels' dynamic bytes) over the architecture's
 per-block budget, or on kernels whose PTX has no tensor-core mma. Skipped only when nvcc is absent.
 Intermediates and the ptxas log stay in build/nvcc_check, reused while newer than the sources and made
-by the same command (one nvcc run for both archs: 84 s of CPU time, measured)."""
+by the same command (one nvcc run for both archs: 84-104 s of CPU time, measured)."""
 import os
 import re
 import shutil
