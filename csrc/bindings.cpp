@@ -9,8 +9,7 @@
 #endif
 
 #include "hgrn2_cpu.h"
-
-using OptT = c10::optional<at::Tensor>;
+#include "hgrn2_emu.h"
 
 template <typename S>
 static const S* cptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; }
@@ -63,7 +62,11 @@ static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, OptT> bwd_cpu(
 }
 
 static void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-                         const OptT& h0) {
+                         const OptT& h0, const OptT& cu) {
+  const int64_t N = cu ? cu->size(0) - 1 : q.size(0);
+  if (cu)
+    TORCH_CHECK_VALUE(cu->dim() == 1 && N >= 1 && q.size(0) == 1 && !cu->is_floating_point(),
+                      "hgrn2: cu_seqlens must be integer offsets [N + 1] of packed inputs with B = 1");
   TORCH_CHECK_VALUE(q.dim() == 4 && v.dim() == 4, "hgrn2: q, k, g must be [B, T, H, K] and v [B, T, H, V]");
   TORCH_CHECK_VALUE(k.sizes() == q.sizes() && g.sizes() == q.sizes(), "hgrn2: q, k, g shapes differ: ", q.sizes(),
               " ", k.sizes(), " ", g.sizes());
@@ -73,8 +76,8 @@ static void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Ten
   for (const auto* t : {&k, &v, &g})
     TORCH_CHECK(t->device() == q.device(), "hgrn2: all inputs must be on ", q.device());
   if (h0) {
-    TORCH_CHECK_VALUE(h0->sizes() == at::IntArrayRef({q.size(0), q.size(2), q.size(3), v.size(3)}),
-                "hgrn2: initial_state must be [B, H, K, V] = ", at::IntArrayRef({q.size(0), q.size(2), q.size(3), v.size(3)}),
+    TORCH_CHECK_VALUE(h0->sizes() == at::IntArrayRef({N, q.size(2), q.size(3), v.size(3)}),
+                "hgrn2: initial_state must be [N, H, K, V] = ", at::IntArrayRef({N, q.size(2), q.size(3), v.size(3)}),
                 ", got ", h0->sizes());
     TORCH_CHECK(h0->device() == q.device(), "hgrn2: initial_state must be on ", q.device());
   }
@@ -91,86 +94,112 @@ static int cuda_dtype(const at::Tensor& t) {
   return 0;
 }
 
-static hgrn2_cuda::Problem cuda_problem(const at::Tensor& q, const at::Tensor& v, double scale) {
-  return {(int)q.size(0), (int)q.size(1), (int)q.size(2), (int)q.size(3), (int)v.size(3), (float)scale,
-          cuda_dtype(q)};
+// Sequences: B of T rows, or (B = 1) the cu_seqlens segments of the packed rows. Offsets on the CPU
+// are copied to the device (no sync); on the device they are used in place.
+static hgrn2_cuda::Problem cuda_problem(const at::Tensor& q, const at::Tensor& v, double scale, const at::Tensor& cu) {
+  const int64_t es = q.element_size(), H = q.size(2), K = q.size(3), V = v.size(3);
+  return {cu.defined() ? (int)cu.size(0) - 1 : (int)q.size(0), (int)q.size(1), (int)H, (int)K, (int)V, (float)scale,
+          cuda_dtype(q), cu.defined() ? cu.data_ptr<int>() : nullptr,
+          (H * K * es) % 16 == 0 && (H * V * es) % 16 == 0 && V % 4 == 0};
 }
 
 static at::Tensor f32(const OptT& t) { return t ? t->to(at::kFloat).contiguous() : at::Tensor(); }
 
+static at::Tensor cu_on(const OptT& cu, const at::Tensor& q) {
+  if (!cu) return at::Tensor();
+  TORCH_CHECK_VALUE(q.size(0) == 1, "hgrn2: cu_seqlens needs packed inputs with B = 1, got B = ", q.size(0));
+  return cu->to(q.device(), at::kInt, /*non_blocking=*/true).contiguous();
+}
+
+static bool aligned(std::initializer_list<const at::Tensor*> ts) {
+  for (const at::Tensor* t : ts)
+    if (t->defined() && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16) return false;
+  return true;
+}
+
 static std::tuple<at::Tensor, OptT> fwd_cuda(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor g, double scale,
-                                             const OptT& h0, bool output_final_state) {
+                                             const OptT& h0, bool output_final_state, const OptT& cu_seqlens) {
   const c10::cuda::CUDAGuard guard(q.device());
   const auto dt = q.scalar_type();
   k = k.to(dt).contiguous(), v = v.to(dt).contiguous(), g = g.to(dt).contiguous(), q = q.contiguous();
-  const auto p = cuda_problem(q, v, scale);
+  const at::Tensor cu = cu_on(cu_seqlens, q);
+  auto p = cuda_problem(q, v, scale, cu);
   const at::Tensor h0_ = f32(h0);
   at::Tensor o = at::empty_like(v);
-  at::Tensor states = at::empty({p.B, p.H, hgrn2_cuda::num_chunks(p.T) + 1, p.K, p.V}, q.options().dtype(at::kFloat));
+  auto fo = q.options().dtype(at::kFloat);
+  at::Tensor states = at::empty({hgrn2_cuda::chunk_slots(p), p.H, p.K, p.V}, fo);
+  at::Tensor ht = output_final_state ? at::empty({p.N, p.H, p.K, p.V}, fo) : at::Tensor();
+  p.vec = p.vec && aligned({&q, &k, &v, &g, &o, &states});
   const char* err = hgrn2_cuda::fwd(p, q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), cptr<float>(h0_),
-                                    o.data_ptr(), states.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+                                    o.data_ptr(), states.data_ptr<float>(), mptr<float>(ht),
+                                    c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == nullptr, err);
-  OptT ht;
-  if (output_final_state) ht = states.select(2, -1).clone();
-  return {o, ht};
+  OptT ht_out;
+  if (output_final_state) ht_out = ht;
+  return {o, ht_out};
 }
 
 static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, OptT> bwd_cuda(
     at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor g, double scale, const OptT& h0, at::Tensor dout,
-    const OptT& dht) {
+    const OptT& dht, const OptT& cu_seqlens) {
   const c10::cuda::CUDAGuard guard(q.device());
   const auto dt = q.scalar_type();
   k = k.to(dt).contiguous(), v = v.to(dt).contiguous(), g = g.to(dt).contiguous(), q = q.contiguous();
   dout = dout.to(dt).contiguous();
-  const auto p = cuda_problem(q, v, scale);
+  const at::Tensor cu = cu_on(cu_seqlens, q);
+  auto p = cuda_problem(q, v, scale, cu);
   const at::Tensor h0_ = f32(h0), dht_ = f32(dht);
-  const int NC = hgrn2_cuda::num_chunks(p.T);
   auto fo = q.options().dtype(at::kFloat);
-  at::Tensor states = at::empty({p.B, p.H, NC + 1, p.K, p.V}, fo), grads = at::empty({p.B, p.H, NC + 1, p.K, p.V}, fo);
-  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  at::Tensor dg = at::empty(q.sizes(), fo), gsum = at::empty({p.B, p.H, NC, p.K}, fo);
+  const int slots = hgrn2_cuda::chunk_slots(p);
+  at::Tensor states = at::empty({slots, p.H, p.K, p.V}, fo), dh = at::empty({slots, p.H, p.K, p.V}, fo);
+  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v), dg = at::empty(q.sizes(), fo);
+  at::Tensor dh0 = h0 ? at::empty({p.N, p.H, p.K, p.V}, fo) : at::Tensor();
+  p.vec = p.vec && aligned({&q, &k, &v, &g, &dout, &states, &dh});
   const char* err = hgrn2_cuda::bwd(p, q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), cptr<float>(h0_),
                                     dout.data_ptr(), cptr<float>(dht_), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                                    dg.data_ptr<float>(), states.data_ptr<float>(), grads.data_ptr<float>(),
-                                    gsum.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+                                    dg.data_ptr<float>(), states.data_ptr<float>(), dh.data_ptr<float>(),
+                                    mptr<float>(dh0), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == nullptr, err);
-  OptT dh0;
-  if (h0) dh0 = grads.select(2, 0).to(h0->scalar_type());
-  return {dq, dk, dv, dg.to(dt), dh0};
+  OptT dh0_out;
+  if (h0) dh0_out = dh0.to(h0->scalar_type());
+  return {dq, dk, dv, dg.to(dt), dh0_out};
 }
 #endif
 
 static std::tuple<at::Tensor, OptT> hgrn2_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                               const at::Tensor& g, double scale, const OptT& h0,
-                                              bool output_final_state) {
-  check_inputs(q, k, v, g, h0);
+                                              bool output_final_state, const OptT& cu_seqlens) {
+  check_inputs(q, k, v, g, h0, cu_seqlens);
   if (q.is_cuda()) {
 #ifdef WITH_CUDA
-    return fwd_cuda(q, k, v, g, scale, h0, output_final_state);
+    return fwd_cuda(q, k, v, g, scale, h0, output_final_state, cu_seqlens);
 #else
     TORCH_CHECK(false, "hgrn2: babylm_ds._C was built without CUDA; reinstall with BABYLM_DS_CUDA=1 or use backend='triton'/'torch'");
 #endif
   }
   TORCH_CHECK(q.device().is_cpu(), "hgrn2: unsupported device ", q.device());
+  TORCH_CHECK_NOT_IMPLEMENTED(!cu_seqlens, "hgrn2: the CPU kernels take no cu_seqlens; split the sequences");
   return fwd_cpu(q, k, v, g, scale, h0, output_final_state);
 }
 
 static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, OptT> hgrn2_bwd(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, double scale,
-    const OptT& h0, const at::Tensor& dout, const OptT& dht) {
-  check_inputs(q, k, v, g, h0);
+    const OptT& h0, const at::Tensor& dout, const OptT& dht, const OptT& cu_seqlens) {
+  check_inputs(q, k, v, g, h0, cu_seqlens);
   TORCH_CHECK_VALUE(dout.sizes() == v.sizes(), "hgrn2: do must have v's shape ", v.sizes(), ", got ", dout.sizes());
+  const int64_t N = cu_seqlens ? cu_seqlens->size(0) - 1 : q.size(0);
   if (dht)
-    TORCH_CHECK_VALUE(dht->sizes() == at::IntArrayRef({q.size(0), q.size(2), q.size(3), v.size(3)}),
-                "hgrn2: dht must be [B, H, K, V], got ", dht->sizes());
+    TORCH_CHECK_VALUE(dht->sizes() == at::IntArrayRef({N, q.size(2), q.size(3), v.size(3)}),
+                "hgrn2: dht must be [N, H, K, V], got ", dht->sizes());
   if (q.is_cuda()) {
 #ifdef WITH_CUDA
-    return bwd_cuda(q, k, v, g, scale, h0, dout, dht);
+    return bwd_cuda(q, k, v, g, scale, h0, dout, dht, cu_seqlens);
 #else
     TORCH_CHECK(false, "hgrn2: babylm_ds._C was built without CUDA; reinstall with BABYLM_DS_CUDA=1 or use backend='triton'/'torch'");
 #endif
   }
   TORCH_CHECK(q.device().is_cpu(), "hgrn2: unsupported device ", q.device());
+  TORCH_CHECK_NOT_IMPLEMENTED(!cu_seqlens, "hgrn2: the CPU kernels take no cu_seqlens; split the sequences");
   return bwd_cpu(q, k, v, g, scale, h0, dout, dht);
 }
 
@@ -185,10 +214,21 @@ static bool has_cuda() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "HGRN2 chunked gated linear recurrence kernels (CPU OpenMP, CUDA).";
   m.def("hgrn2_fwd", &hgrn2_fwd, "HGRN2 forward -> (o, final_state or None)", py::arg("q"), py::arg("k"),
-        py::arg("v"), py::arg("g"), py::arg("scale"), py::arg("initial_state"), py::arg("output_final_state"));
+        py::arg("v"), py::arg("g"), py::arg("scale"), py::arg("initial_state"), py::arg("output_final_state"),
+        py::arg("cu_seqlens") = py::none());
   m.def("hgrn2_bwd", &hgrn2_bwd, "HGRN2 backward -> (dq, dk, dv, dg, d initial_state or None)", py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("g"), py::arg("scale"), py::arg("initial_state"), py::arg("do"),
-        py::arg("dht"));
+        py::arg("dht"), py::arg("cu_seqlens") = py::none());
+  m.def("hgrn2_emu_fwd", &hgrn2_emu_fwd, "the GPU kernels' forward, emulated on the CPU (mode: bf16, fp16, tf32x3, fp64)",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("g"), py::arg("scale"), py::arg("initial_state"),
+        py::arg("output_final_state"), py::arg("cu_seqlens"), py::arg("mode"));
+  m.def("hgrn2_emu_bwd", &hgrn2_emu_bwd, "the GPU kernels' backward, emulated on the CPU", py::arg("q"),
+        py::arg("k"), py::arg("v"), py::arg("g"), py::arg("scale"), py::arg("initial_state"), py::arg("do"),
+        py::arg("dht"), py::arg("cu_seqlens"), py::arg("mode"));
+  m.def("hgrn2_tile_gemm", &hgrn2_tile_gemm, "one emulated warp's 16 x N tile GEMM (src: kn, nk, fn)", py::arg("a"),
+        py::arg("b"), py::arg("mode"), py::arg("src"));
+  m.def("hgrn2_tile_smem", &hgrn2_tile_smem, "dynamic shared memory bytes of the CUDA kernels K1, K2, K3",
+        py::arg("mode"));
   m.def("has_cuda", &has_cuda, "whether the CUDA kernels were compiled in");
   m.def("cpu_isa", &hgrn2::cpu_isa, "instruction set the CPU kernels run with");
 }

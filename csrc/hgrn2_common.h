@@ -17,7 +17,7 @@ namespace hgrn2 {
 
 constexpr int kChunk = 64;  // chunk length
 constexpr int kSub = 16;    // sub-chunk length of the intra-chunk blocks
-constexpr int num_chunks(int T) { return (T + kChunk - 1) / kChunk; }
+HGRN2_HD constexpr int num_chunks(int T) { return (T + kChunk - 1) / kChunk; }
 
 // exp(x) for decay exponents. Host float: branch-free Cephes polynomial (1-2 ulp) that vectorises;
 // device float: __expf; double: exp (used for gradcheck).

@@ -55,24 +55,40 @@ def ext_status(device=None):
 
 
 class HGRN2Function(torch.autograd.Function):
+    """The extension's kernels under autograd; `emu` (a mode of `hgrn2_emu`) runs the GPU kernels'
+    host emulation instead."""
+
     @staticmethod
-    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state):
-        o, ht = _C.hgrn2_fwd(q, k, v, g, scale, initial_state, output_final_state)
-        ctx.save_for_backward(q, k, v, g, initial_state)
-        ctx.scale = scale
+    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, emu):
+        args = (q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
+        o, ht = _C.hgrn2_fwd(*args) if emu is None else _C.hgrn2_emu_fwd(*args, emu)
+        ctx.save_for_backward(q, k, v, g, initial_state, cu_seqlens)
+        ctx.scale, ctx.emu = scale, emu
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, h0 = ctx.saved_tensors
-        dq, dk, dv, dg, dh0 = _C.hgrn2_bwd(q, k, v, g, ctx.scale, h0, do.contiguous(),
-                                           None if dht is None else dht.contiguous())
-        return dq, dk, dv, dg, None, dh0, None
+        q, k, v, g, h0, cu = ctx.saved_tensors
+        args = (q, k, v, g, ctx.scale, h0, do.contiguous(), None if dht is None else dht.contiguous(), cu)
+        dq, dk, dv, dg, dh0 = _C.hgrn2_bwd(*args) if ctx.emu is None else _C.hgrn2_emu_bwd(*args, ctx.emu)
+        return dq, dk, dv, dg, None, dh0, None, None, None
 
 
-def hgrn2_ext(q, k, v, g, scale, initial_state, output_final_state):
-    """HGRN2 via the C++/CUDA extension: (o [B,T,H,V], final_state [B,H,K,V] or None)."""
+def hgrn2_ext(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens=None):
+    """HGRN2 via the C++/CUDA extension: (o [B,T,H,V], final_state [N,H,K,V] or None). cu_seqlens
+    (int32 offsets [N + 1] of packed B = 1 inputs, fla's convention; CUDA only, may stay on the CPU)
+    splits the rows into N sequences with their own initial / final states."""
     ok, reason = ext_status(q.device)
     if not ok:
         raise RuntimeError(reason)
-    return HGRN2Function.apply(q, k, v, g, float(scale), initial_state, bool(output_final_state))
+    if cu_seqlens is not None and q.device.type != "cuda":
+        raise NotImplementedError("hgrn2 cpu kernels take no cu_seqlens; run the sequences one by one")
+    return HGRN2Function.apply(q, k, v, g, float(scale), initial_state, bool(output_final_state), cu_seqlens, None)
+
+
+def hgrn2_emu(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens=None, mode="tf32x3"):
+    """The CUDA kernels' code run on the CPU by warp emulation (tests): mode "bf16", "fp16" (mma
+    operand precision; fp32 inputs), "tf32x3" (the fp32 kernels) or "fp64" (fp64 math, gradcheck)."""
+    if _C is None:
+        raise RuntimeError(_REASON)
+    return HGRN2Function.apply(q, k, v, g, float(scale), initial_state, bool(output_final_state), cu_seqlens, mode)
