@@ -1,5 +1,5 @@
-"""End-to-end job: prepare data -> pretrain two teachers -> cache their logits -> distil a BabyHGRN student
--> train the same student without KD -> zero-shot eval of all four -> one comparison table.
+"""End-to-end job: prepare data -> pretrain the teacher(s) -> cache their logits -> distil a BabyHGRN student
+-> train the same student without KD -> zero-shot eval of all of them -> one comparison table.
 
     python launchers/pipeline.py --out outputs/demo                 (`make demo`: tiny presets, minutes on CPU)
     python launchers/pipeline.py --out runs/x --max-words 2000000 --steps 2000 --full-eval
@@ -32,14 +32,15 @@ def parse_args(argv=None):
     p.add_argument("--max-words", type=int, default=300_000, help="truncate the corpus to about N words")
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--steps", type=int, default=150, help="optimizer steps of every training run")
+    p.add_argument("--steps", type=int, default=150, help="optimizer steps of each student run (KD and no KD)")
+    p.add_argument("--teacher-steps", type=int, default=None, help="optimizer steps of each teacher (default 2 x --steps)")
     p.add_argument("--micro-batch", type=int, default=8, help="sequences per rank per step")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--teachers", nargs="+", default=["llama-tiny", "gpt2-tiny"], help="teacher presets")
+    p.add_argument("--teachers", nargs="+", default=["babyhgrn-cpu"], help="teacher presets")
     p.add_argument("--student", default="babyhgrn-tiny", help="student preset (KD and no-KD runs)")
     p.add_argument("--k", type=int, default=32, help="teacher top-k ids cached per token")
     p.add_argument("--alpha", type=float, default=0.5, help="CE weight in the KD loss")
-    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--ds-config", default=os.path.join(ROOT, "ds_configs", "zero2.json"))
     p.add_argument("--world-size", type=int, default=2, help="processes per training/caching run")
     p.add_argument("--launcher", choices=("deepspeed", "torchrun", "python"), default="deepspeed",
@@ -54,8 +55,9 @@ def parse_args(argv=None):
     stages = [s for s in args.stages.split(",") if s]
     if bad := [s for s in stages if s not in STAGES]:
         p.error(f"unknown stage(s) {bad}; choose from {','.join(STAGES)}")
-    if args.steps < 1 or args.world_size < 1 or args.max_words < 1:
-        p.error("--steps, --world-size and --max-words must be >= 1")
+    args.teacher_steps = args.teacher_steps or 2 * args.steps
+    if min(args.steps, args.teacher_steps, args.world_size, args.max_words) < 1:
+        p.error("--steps, --teacher-steps, --world-size and --max-words must be >= 1")
     args.stages = stages
     if args.launcher == "python":
         args.world_size = 1
@@ -125,18 +127,18 @@ class Pipeline:
         self.stage("prepare", argv, [self.data], lambda: verify_data(self.data),
                    lambda resume: self.call(cmd, threads=self.cpus))
 
-    def train(self, name, run_dir, script, model, extra=(), depends=()):
+    def train(self, name, run_dir, script, model, steps, extra=(), depends=()):
         a = self.args
         argv = ["--model", model, "--data", self.data, "--out", run_dir, "--ds_config", os.path.abspath(a.ds_config),
-                "--max-steps", str(a.steps), "--micro-batch", str(a.micro_batch), "--lr", str(a.lr),
-                "--warmup-steps", str(max(1, a.steps // 10)), "--seed", str(a.seed), "--log-every", "5", *extra]
+                "--max-steps", str(steps), "--micro-batch", str(a.micro_batch), "--lr", str(a.lr),
+                "--warmup-steps", str(max(1, steps // 10)), "--seed", str(a.seed), "--log-every", "5", *extra]
         spec = [script, a.launcher, str(self.world), *argv, *self.inputs(*depends)]
 
         def run(resume):
             latest = os.path.join(run_dir, "checkpoints", "latest")
             self.call(self.launch(script, argv + (["--resume"] if resume and os.path.isfile(latest) else [])))
 
-        self.stage(name, spec, [run_dir], lambda: verify_run(run_dir, a.steps), run)
+        self.stage(name, spec, [run_dir], lambda: verify_run(run_dir, steps), run)
 
     def cache_logits(self):
         from babylm_ds.cache import verify
@@ -193,15 +195,15 @@ class Pipeline:
                 self.prepare()
             elif s == "teachers":
                 for (name, run_dir), preset in zip(self.teachers.items(), a.teachers):
-                    self.train(name, run_dir, "pretrain.py", preset)
+                    self.train(name, run_dir, "pretrain.py", preset, a.teacher_steps)
             elif s == "cache":
                 self.cache_logits()
             elif s == "distill":
-                self.train("distill", student_kd, "distill.py", a.student,
+                self.train("distill", student_kd, "distill.py", a.student, a.steps,
                            ["--teacher-cache", self.cache, "--alpha", str(a.alpha), "--temperature", str(a.temperature)],
                            [os.path.join(self.cache, "manifest.json")])
             elif s == "baseline":
-                self.train("baseline", student_nokd, "pretrain.py", a.student)
+                self.train("baseline", student_nokd, "pretrain.py", a.student, a.steps)
             elif s == "eval":
                 for name, run_dir in [*self.teachers.items(), *self.students.items()]:
                     self.evaluate(name, run_dir)

@@ -11,8 +11,9 @@ import pytest
 from launch import HANG_S, ROOT
 
 PIPELINE = [sys.executable, str(ROOT / "launchers" / "pipeline.py")]
-TINY = ["--max-words", "20000", "--vocab-size", "500", "--seq-len", "64", "--steps", "3", "--micro-batch", "4",
-        "--k", "8", "--eval-limit", "1", "--eval-tasks", "blimp,supplement,ewok"]
+TINY = ["--max-words", "20000", "--vocab-size", "500", "--seq-len", "64", "--steps", "3", "--teacher-steps", "3",
+        "--micro-batch", "4", "--teachers", "llama-tiny", "gpt2-tiny", "--k", "8", "--eval-limit", "1",
+        "--eval-tasks", "blimp,supplement,ewok"]
 
 
 def _run(argv, log, timeout=HANG_S):
