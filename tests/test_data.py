@@ -113,6 +113,19 @@ def test_tokenizer_special_ids_and_roundtrip(tiny_data_dir):
     assert tokenizer_hash(tok) == load_meta(tiny_data_dir)["tokenizer_hash"]
 
 
+def test_tokenizer_hash_ignores_added_special_tokens_only(tiny_data_dir):
+    """An exported run's tokenizer adds BOS (with_bos): the same tokenizer for teachers and students."""
+    from babylm_ds.models.remote_code import with_bos
+
+    tok = load_tokenizer(tiny_data_dir)
+    exported = with_bos(tok)
+    assert exported("the dog")["input_ids"][0] == 1 and tok("the dog")["input_ids"][0] != 1
+    assert tokenizer_hash(exported) == tokenizer_hash(tok)
+    other = load_tokenizer(tiny_data_dir)
+    other.add_tokens(["zzqx"])
+    assert tokenizer_hash(other) != tokenizer_hash(tok)
+
+
 # --- packing ---
 
 def test_packing_matches_reference(tiny_data_dir, tiny_files):

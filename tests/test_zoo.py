@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, MambaConfig, MambaForCausalLM
 
 from babylm_ds.models import PRESETS, BabyLSTMCache, build_model, count_parameters
 from launch import LAUNCH_ENV, ROOT, read_metrics
@@ -116,6 +116,10 @@ def test_preset_trains_saves_reloads_generates(name, tmp_path):
         losses.append(loss.item())
     assert abs(losses[0] - math.log(VOCAB)) < 0.5 and losses[-1] < losses[0] - 0.5, losses
     model.eval().save_pretrained(tmp_path)
+    # `import fla` (test_models' fla-compatibility tests) re-registers model type "mamba" with fla's own
+    # Triton-only classes; restore transformers' ones, as in a process that never imported fla
+    AutoConfig.register("mamba", MambaConfig, exist_ok=True)
+    AutoModelForCausalLM.register(MambaConfig, MambaForCausalLM, exist_ok=True)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
     with torch.no_grad():

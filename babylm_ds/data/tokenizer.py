@@ -33,8 +33,12 @@ def train_tokenizer(texts, vocab_size=16000, min_frequency=2):
 
 
 def tokenizer_hash(tokenizer):
-    """sha256 of the canonical (sorted-keys, compact) tokenizer.json."""
-    canon = json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()), sort_keys=True, separators=(",", ":"))
+    """sha256 of the canonical (sorted-keys, compact) tokenizer.json without its post-processor: the
+    special tokens a tokenizer adds (an export adds BOS, see `models.remote_code.with_bos`) do not change
+    how text maps to ids, and babylm-ds never asks for them."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec.pop("post_processor", None)
+    canon = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
