@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from babylm_ds.evaluation import report as eval_report
 from babylm_ds.evaluation import stats
 from babylm_ds.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 
@@ -29,14 +30,7 @@ def _summarise(evals, names, benchmarks, n_boot):
     """Seed-averaged scores of a group of runs: point values and bootstrap replicates per row."""
     reps = [stats.bootstrap_result(evals[n], benchmarks, n_boot) for n in names]
     rows = [r for r in ROWS if all(r in x for x in reps)]
-    point = {}
-    for r in rows:
-        if r == "dev_loss":
-            point[r] = float(np.mean([evals[n]["perplexity"]["loss"] for n in names]))
-        elif r == "macro":
-            point[r] = float(np.mean([evals[n]["macro"] for n in names]))
-        else:
-            point[r] = float(np.mean([evals[n][r]["mean"] for n in names]))
+    point = {r: float(np.mean([_point(evals[n], r) for n in names])) for r in rows}
     return point, {r: np.mean([x[r] for x in reps], axis=0) for r in rows}
 
 
@@ -80,9 +74,8 @@ def build(spec, steps, sweep, students, best, summaries, evals, metrics, params)
 
 
 def _point(result, row):
-    if row == "dev_loss":
-        return result["perplexity"]["loss"]
-    return result["macro"] if row == "macro" else result[row]["mean"]
+    """A row's value in one run's evaluation: dev loss, or the benchmark's headline accuracy."""
+    return result["perplexity"]["loss"] if row == "dev_loss" else eval_report.score(result, row)
 
 
 def markdown(spec, res):
