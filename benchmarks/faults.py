@@ -2,10 +2,12 @@
 is refused before training with one line, a dead or hung rank ends the job after --dist-timeout.
 
     python benchmarks/faults.py            (full: 20 cache, 20 pretrain, 10 distill kill trials; ≈1 h on 2 cores)
-    python benchmarks/faults.py --quick    (1 pretrain kill trial, 4 bad inputs + kernel checks; what CI runs)
+    python benchmarks/faults.py --quick    (1 pretrain kill trial inside a checkpoint save, 4 bad inputs + kernel
+                                            checks; what CI runs)
 
-Kill trials run 2 ranks under torchrun and SIGKILL the launcher's process group at a random moment (a random
-time, or a random step plus up to 0.3 s, which lands in checkpoint saves); the ranks die with the launcher
+Kill trials run 2 ranks under torchrun and SIGKILL the launcher's process group at a random moment: a random
+time, a random step plus up to 0.3 s, or (every third training trial, the first included) the moment a
+random checkpoint is being written, before it is sealed; the ranks die with the launcher
 (PR_SET_PDEATHSIG). Then the same command is rerun (with --resume when a checkpoint exists) and compared with
 an uninterrupted reference: cache shards byte for byte (corrupt, missing, duplicated sequences), training
 per-step losses bit for bit (CPU fp32). Bad inputs run in one process (`python launcher ...`), each on its
@@ -88,11 +90,14 @@ def survivors(tag):
     return pids
 
 
-def kill_at(cmd, log, out, seconds=None, step=None, progress=None):
+def kill_at(cmd, log, out, seconds=None, step=None, save=None, progress=None):
     """Start `cmd`, SIGKILL its process group after `seconds`, or once `progress(out)` (default: the last
-    step in metrics.jsonl) reaches `step`, plus up to 0.3 s; returns (whether it was killed, number of its
-    processes still alive 30 s later, then killed here)."""
-    rng, progress = random.Random(f"{out}{seconds}{step}"), progress or _last_step
+    step in metrics.jsonl) reaches `step`, plus up to 0.3 s, or the moment checkpoint `step{save}` is being
+    written (its dir exists, unsealed); returns (whether it was killed, number of its processes still alive
+    30 s later, then killed here)."""
+    rng, progress = random.Random(f"{out}{seconds}{step}{save}"), progress or _last_step
+    if save is not None:
+        step, progress = save, _unsealed
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT, start_new_session=True)
     t0 = time.time()
@@ -100,9 +105,9 @@ def kill_at(cmd, log, out, seconds=None, step=None, progress=None):
         if seconds is not None and time.time() - t0 >= seconds:
             break
         if step is not None and progress(out) >= step:
-            time.sleep(rng.uniform(0, 0.3))
+            time.sleep(0 if save is not None else rng.uniform(0, 0.3))
             break
-        time.sleep(0.02)
+        time.sleep(0.005 if save is not None else 0.02)
     killed = proc.poll() is None
     if killed:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -122,6 +127,12 @@ def _last_step(out):
         return max((json.loads(x)["step"] for x in lines if x.strip()), default=0)
     except (OSError, ValueError):
         return 0
+
+
+def _unsealed(out):
+    """The step of a checkpoint being saved (its dir exists, its checksums.json not yet), else 0."""
+    return max((int(d.name[4:]) for d in Path(out, "checkpoints").glob("step*")
+                if d.name[4:].isdigit() and not (d / "checksums.json").exists()), default=0)
 
 
 def losses(out, key="train/loss"):
@@ -210,7 +221,8 @@ class Suite:
         want, rows = losses(ref), []
         for i in range(n):
             out = self.work / f"{name}-kill-{i}"
-            how = dict(seconds=self.rng.uniform(0, seconds)) if i % 2 else dict(step=self.rng.randint(1, 12))
+            how = [dict(save=self.rng.choice([3, 6, 9, 12])),  # --save-every 3 of 12 steps
+                   dict(step=self.rng.randint(1, 12)), dict(seconds=self.rng.uniform(0, seconds))][i % 3]
             killed, orphans = kill_at(self.train_cmd(name, out), self.log(f"{name}-kill-{i}"), out, **how)
             mid_save = any(not (d / "checksums.json").exists() for d in (out / "checkpoints").glob("step*"))
             resume = ["--resume"] if (out / "checkpoints" / "latest").exists() else []
@@ -380,7 +392,7 @@ class Suite:
         self.bad("cache_logits --k 4 into a finished k=8 cache",
                  [PY, script("cache_logits.py"), "--data", str(self.data), "--teachers", str(self.teacher), "--k", "4",
                   "--shard-size", "64", "--batch-size", "16", "--out", str(ref_cache)], keep=[ref_cache])
-        self.bad("data shard flipped, 2 ranks", torchrun("pretrain.py", *TRAIN, "--max-steps", "4", "--data",
+        self.bad("data shard flipped, 2 ranks", deepspeed("pretrain.py", *TRAIN, "--max-steps", "4", "--data",
                                                           str(self.damaged_data("data-flip2", "flip")),
                                                           "--out", str(new("flip2"))))
 

@@ -21,7 +21,7 @@ from babylm_ds.data.pack import fingerprint
 from babylm_ds.models import check_model_arg
 from babylm_ds.training import add_train_args
 from babylm_ds.training.guard import check_train_args, claim_out, seal_checkpoint, verify_checkpoint
-from babylm_ds.utils.cli import run_cli
+from babylm_ds.utils.cli import EchoedError, run_cli
 from babylm_ds.utils.io import lock_dir
 from launch import HANG_S, LAUNCH_ENV, ROOT
 from test_cache import build, make_config, tree
@@ -41,6 +41,42 @@ def test_run_cli_one_line_and_debug(capsys, monkeypatch):
         run_cli(main, ["x", "--debug"])
     with pytest.raises(KeyError):  # a bug keeps its traceback
         run_cli(lambda argv: {}["missing"], [])
+
+
+def _agree_rank(rank, port, results):
+    import torch.distributed as dist
+
+    from babylm_ds.training.dist import agree
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+
+    def check():
+        if rank == 1:
+            raise OSError("shard x is corrupt")
+
+    def main(argv):
+        try:
+            agree(check)
+        except ValueError as e:
+            results[rank] = (type(e).__name__, str(e))
+            raise
+    results[f"exit{rank}"] = run_cli(main, [], prog="prog")
+
+
+def test_agreed_error_is_printed_by_one_rank(capfd):
+    """An anticipated error on rank 1 stops both ranks; rank 1 raises it, rank 0 an EchoedError that
+    run_cli does not print: a 2-rank job says it once."""
+    import torch.multiprocessing as mp
+
+    from babylm_ds.training.dist import free_port
+    results = mp.Manager().dict()
+    mp.spawn(_agree_rank, args=(free_port(), results), nprocs=2)
+    assert results[0] == ("EchoedError", "shard x is corrupt") and results[1] == ("ValueError", "shard x is corrupt")
+    assert results["exit0"] == results["exit1"] == 1
+    assert capfd.readouterr().err.count("prog: error: shard x is corrupt") == 1
+
+    def echoed(argv):
+        raise EchoedError("said elsewhere")
+    assert run_cli(echoed, [], prog="p") == 1 and "said elsewhere" not in capfd.readouterr().err
 
 
 def test_train_args_and_model_vocab_checked_up_front(tmp_path):
@@ -246,12 +282,14 @@ def test_ranks_die_with_their_launcher(tmp_path):
 
 @pytest.mark.slow
 def test_faults_benchmark_quick(tmp_path):
-    """`benchmarks/faults.py --quick`: a kill -9 trial of pretrain.py resumes bit-identically with no
-    orphaned rank, the planted bad inputs are refused with one line before training, /dev/shm stays clean."""
+    """`benchmarks/faults.py --quick`: a kill -9 of pretrain.py inside a checkpoint save resumes
+    bit-identically with no orphaned rank, the planted bad inputs are refused with one line before training, /dev/shm stays clean."""
     out = tmp_path / "faults.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--quick", "--json", str(out)],
                           capture_output=True, text=True, env={**os.environ, **LAUNCH_ENV}, cwd=ROOT, timeout=HANG_S)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    s = json.loads(out.read_text())["summary"]
+    res = json.loads(out.read_text())
+    s, trial = res["summary"], res["kill"]["pretrain.py"]["trials"][0]
+    assert "save" in trial["kill"] and trial["killed_mid_save"]  # the kill landed inside a checkpoint save
     assert s["kill_trials"] >= 1 and s["kill_trials_not_identical"] == 0 and s["orphans"] == 0
     assert s["bad_inputs"] >= 10 and s["bad_inputs_not_refused"] == [] and s["shm_leftovers"] == []

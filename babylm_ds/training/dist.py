@@ -14,7 +14,7 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 from deepspeed.utils import safe_get_full_fp32_param
 
-from babylm_ds.utils.cli import ANTICIPATED, die_with_launcher, one_line
+from babylm_ds.utils.cli import ANTICIPATED, EchoedError, die_with_launcher, one_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,18 +59,20 @@ def init_distributed(timeout_s=1800.0):
 
 def agree(fn):
     """Run `fn()` on every rank and return its result. If it raised an anticipated error (ValueError,
-    OSError) on any rank, every rank raises ValueError with the first such message, so no rank goes on
-    to wait for peers that gave up. Collective."""
+    OSError) on any rank, every rank raises the first such message, so no rank goes on to wait for peers
+    that gave up: that rank as ValueError, the others as EchoedError (the message is printed once).
+    Collective."""
     try:
         result, error = fn(), None
     except ANTICIPATED as e:
         result, error = None, one_line(e)
+    first = 0
     if dist.is_initialized() and dist.get_world_size() > 1:
         errors = [None] * dist.get_world_size()
         dist.all_gather_object(errors, error)
-        error = next((e for e in errors if e), None)
+        first, error = next(((i, e) for i, e in enumerate(errors) if e), (0, None))
     if error:
-        raise ValueError(error)
+        raise (ValueError if first == (dist.get_rank() if dist.is_initialized() else 0) else EchoedError)(error)
     return result
 
 

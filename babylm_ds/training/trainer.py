@@ -20,6 +20,7 @@ from babylm_ds.training.dist import Watchdog, gather_state_dict, init_distribute
 from babylm_ds.training.guard import resume_dir, seal_checkpoint
 from babylm_ds.training.sampler import ResumableSampler
 from babylm_ds.training.schedule import build_scheduler
+from babylm_ds.utils.cli import EchoedError
 from babylm_ds.utils.io import atomic_path, atomic_write_json, sha256_file
 
 # Fault injection for tests: "rank:step" makes that rank die (os._exit(1)) once `step` optimizer steps are
@@ -276,8 +277,10 @@ class Trainer:
                     if last_save:
                         kept = (f"the last good checkpoint {self.ckpt_dir}/step{last_save} is untouched; lower --lr "
                                 "or --clip and rerun with --resume")
-                    raise ValueError(f"step {step}: loss {loss:g}, gradient norm {float(grad_norm or 0):g}: training "
-                                     f"diverged, stopped without saving or exporting ({kept})")
+                    # every rank sees the same (all-reduced) loss and global norm: rank 0 says it
+                    error = ValueError if self.rank == 0 else EchoedError
+                    raise error(f"step {step}: loss {loss:g}, gradient norm {float(grad_norm or 0):g}: training "
+                                f"diverged, stopped without saving or exporting ({kept})")
                 record = {"loss": loss, "lr": lr, "tokens_per_s": tokens_per_step / dt,
                           **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}), **metrics}
                 self._log(step, record, "train/")

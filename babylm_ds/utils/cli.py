@@ -9,6 +9,11 @@ import sys
 ANTICIPATED = (ValueError, OSError)
 
 
+class EchoedError(ValueError):
+    """An anticipated error that another rank printed (or will): raised here so this rank stops too, exits
+    1 without printing it again, so a multi-rank job says it once."""
+
+
 def die_with_launcher():
     """Under a launcher (torchrun, deepspeed: LOCAL_RANK is set) ask the kernel for SIGKILL when the
     launcher dies (prctl PR_SET_PDEATHSIG): ranks run in their own session, so killing the launcher's
@@ -35,7 +40,8 @@ def run_cli(main, argv=None, prog=None):
     except ANTICIPATED as e:
         if debug:
             raise
-        print(f"{prog or os.path.basename(sys.argv[0])}: error: {one_line(e)}", file=sys.stderr, flush=True)
+        if not isinstance(e, EchoedError):
+            print(f"{prog or os.path.basename(sys.argv[0])}: error: {one_line(e)}", file=sys.stderr, flush=True)
         dist = sys.modules.get("torch.distributed")
         if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()  # an implicit teardown at exit can abort (SIGABRT)
