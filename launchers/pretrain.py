@@ -7,13 +7,15 @@ import argparse
 import os
 import sys
 
+LAUNCHER = os.getppid()  # first thing: a launcher killed while this rank imports must still take it down
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # DeepSpeed compiles its CPU ops (≈3-4 min, once) into TORCH_EXTENSIONS_DIR: keep them in the project.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))
 from babylm_ds.utils.cli import die_with_launcher, run_cli  # noqa: E402
 
-die_with_launcher()  # before the slow imports: a rank must not outlive its launcher, even while starting
+die_with_launcher(LAUNCHER)  # before the slow imports: a rank must not outlive its launcher
 
 from babylm_ds.training import add_train_args  # noqa: E402
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from babylm_ds.cache import TeacherCache, check_compatible, verify, write_cache
+from babylm_ds.cache import TeacherCache, check_compatible, claim_cache, verify, write_cache
 from babylm_ds.cache.cli import main as cache_cli
 from babylm_ds.cache.format import id_dtype
 from babylm_ds.losses import TAIL_MODES, cache_kl, kd_loss, kd_loss_full, tempered_teacher
@@ -44,7 +44,7 @@ def build(out, k=8, **kw):
 
 def tree(path):
     return {os.path.relpath(os.path.join(d, f), path): open(os.path.join(d, f), "rb").read()
-            for d, _, files in os.walk(path) for f in files}
+            for d, _, files in os.walk(path) for f in files if f != ".lock"}
 
 
 def test_round_trip_any_order(tmp_path):
@@ -131,7 +131,7 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
         event = rng.randint(1, 6)
         r = subprocess.run([sys.executable, script, str(out)], env=dict(env, BABYLM_DS_CACHE_KILL_AT=str(event)))
         assert r.returncode == -9, f"trial {trial}: writer was not killed at event {event} (rc {r.returncode})"
-    if (out / "shards").exists():  # a kill mid-shard leaves a temp file that a resume cleans up
+    if (out / "shards").exists():  # a kill mid-shard leaves a temp file that the rerun's claim_cache deletes
         assert verify(str(out)) != []
     subprocess.run([sys.executable, script, str(out)], env=env, check=True)
     assert verify(str(out)) == []
@@ -171,6 +171,7 @@ def test_mismatched_data_is_refused(tmp_path, key):
         check_compatible(cache.manifest, dict(meta, **{key: meta[key] * 2}))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # as launchers/cache_logits.py does: claim (lock, clear killed writes), then write
     torch.set_num_threads(1)
+    claim_cache(sys.argv[1], make_config(8))
     build(sys.argv[1], k=8)

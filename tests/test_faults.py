@@ -167,18 +167,24 @@ def test_finished_cache_of_other_k_is_refused(tmp_path):
     assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "shards").exists()
 
 
-def test_lock_refuses_a_second_owner_and_frees_with_it(tmp_path):
+def test_lock_refuses_a_second_owner_and_frees_with_it_and_its_temp_files(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from babylm_ds.utils.io import lock_dir; "
                                f"lock_dir({str(tmp_path)!r}); print('held', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    temps = [tmp_path / ".tmp-x1manifest.json", tmp_path / "shards" / ".tmp-x2000-064.bin"]
     try:
         assert holder.stdout.readline().strip() == "held"
+        (tmp_path / "shards").mkdir()
+        for p in [*temps, tmp_path / "shards" / "000-064.bin"]:
+            p.write_bytes(b"half-written")  # as a killed atomic write leaves them
         with pytest.raises(ValueError, match=f"in use by another run \\(owner: pid {holder.pid} "):
             lock_dir(tmp_path)
+        assert all(p.exists() for p in temps)  # the owner may still be writing them
     finally:
         holder.kill()
         holder.wait()
-    lock_dir(tmp_path)  # the dead owner's lock is stale: taken over
+    lock_dir(tmp_path)  # the dead owner's lock is stale: taken over, with the temp files it left
+    assert not any(p.exists() for p in temps) and (tmp_path / "shards" / "000-064.bin").exists()
 
 
 def test_out_with_finished_work_needs_resume_or_force(tmp_path):
@@ -257,10 +263,14 @@ def test_full_disk_keeps_previous_good_files(tmp_path, monkeypatch):
     assert tree(tmp_path / "final") == before and sorted(os.listdir(tmp_path)) == ["cache", "ckpt", "final"]
 
 
-def test_ranks_die_with_their_launcher(tmp_path):
-    """A 'launcher' starts a rank in its own session (as torchrun does) and is SIGKILLed: the rank follows."""
-    rank = ("import os, sys, time; from babylm_ds.utils.cli import die_with_launcher; die_with_launcher(); "
-            "print(os.getpid(), flush=True); time.sleep(600)")
+@pytest.mark.parametrize("when", ["running", "starting"])
+def test_ranks_die_with_their_launcher(tmp_path, when):
+    """A 'launcher' starts a rank in its own session (as torchrun does) and is SIGKILLed: the rank follows,
+    also when the launcher died while the rank was still importing (before it called die_with_launcher)."""
+    wait = "import time; [time.sleep(0.05) for _ in range(1200) if os.getppid() == parent]; "
+    rank = ("import os, sys, time; parent = os.getppid(); print(os.getpid(), flush=True); "
+            f"{wait if when == 'starting' else ''}"
+            "from babylm_ds.utils.cli import die_with_launcher; die_with_launcher(parent); time.sleep(600)")
     launcher = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
                 "start_new_session=True); p.wait()")
     env = {**os.environ, **LAUNCH_ENV, "PYTHONPATH": str(ROOT), "LOCAL_RANK": "0"}

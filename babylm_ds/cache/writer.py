@@ -158,9 +158,6 @@ def write_cache(out_dir, dataset, config, teacher_fn, batch_size=8, rank=0, worl
         if entry["config_sha"] != csha:
             raise RuntimeError(f"shard {entry['path']} was written for another config; rerun to redo it")
         shards.append({k: entry[k] for k in ("path", "start", "end", "size", "sha256")})
-    for stale in os.listdir(os.path.join(out_dir, SHARD_DIR)):
-        if stale.startswith(".tmp-"):
-            os.unlink(os.path.join(out_dir, SHARD_DIR, stale))
     manifest = {"format_version": FORMAT_VERSION, "config": config, "shards": shards}
     manifest["stats"] = sample_stats(TeacherCache(out_dir, manifest), dataset, teacher_fn, kl_sample,
                                      kl_temperature, batch_size, device)

@@ -91,7 +91,9 @@ def lock_dir(path):
     """Hold `path`/.lock (flock, owner pid and host written in it) until this process exits.
 
     A second process is refused with a ValueError naming the owner. A lock whose owner died is
-    free again: the kernel drops an flock with its process, so a stale file never blocks."""
+    free again: the kernel drops an flock with its process, so a stale file never blocks. Since no
+    other process writes under a held lock, the temp files of atomic writes that a killed owner left
+    (`.tmp-*`, anywhere below `path`) are deleted."""
     path = os.path.abspath(path)
     if path in _locks:
         return
@@ -108,3 +110,7 @@ def lock_dir(path):
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     _locks[path] = fd
+    for root, _, files in os.walk(path):
+        for name in files:
+            if name.startswith(".tmp-"):
+                os.unlink(os.path.join(root, name))
