@@ -424,13 +424,19 @@ class Suite:
 
     # --- dead and hung ranks ------------------------------------------------------------------
     def ranks(self, timeout=20):
+        """Rank 1 of a 2-rank pretrain dies, or hangs, after step 2: seconds from then (rank 0's step-2
+        metrics line) until the job exited, vs --dist-timeout."""
         for mode in ("dead", "hang"):
             out = self.work / f"rank-{mode}"
             fault = "1:2" if mode == "dead" else "1:2:hang"
             rc, seconds, text = run(self.train_cmd("pretrain.py", out, "--dist-timeout", str(timeout)),
                                     self.log(f"rank-{mode}"), env={"BABYLM_DS_FAULT_AT_STEP": fault})
+            after = time.time() - (out / "metrics.jsonl").stat().st_mtime
+            lines = [x for x in text.splitlines() if "error:" in x]
             self.results["ranks"].append({"rank 1": mode, "dist_timeout": timeout, "exit": rc,
-                                          "seconds_to_exit": round(seconds, 1), "orphans": len(survivors(str(out)))})
+                                          "seconds_to_exit": round(after, 1), "job_seconds": round(seconds, 1),
+                                          "orphans": len(survivors(str(out))),
+                                          "message": lines[-1][:300] if lines else ""})
 
 
 def table(results):
@@ -450,9 +456,10 @@ def table(results):
         lines.append(f"| {r['input']} | {r['exit']} | {r['seconds']} | {'yes' if r['one_line'] else 'NO'} | "
                      f"{'YES' if r['trained'] else 'no'} | {'YES' if r['good_files_changed'] else 'no'} | {msg} |")
     if results["ranks"]:
-        lines += ["", "| rank 1 | --dist-timeout s | exit | seconds to exit | orphans |", "|---|---|---|---|---|"]
-        lines += [f"| {r['rank 1']} | {r['dist_timeout']} | {r['exit']} | {r['seconds_to_exit']} | {r['orphans']} |"
-                  for r in results["ranks"]]
+        lines += ["", "| rank 1 after step 2 | --dist-timeout s | exit | seconds to exit after the fault | whole job s | "
+                  "orphans | message |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['rank 1']} | {r['dist_timeout']} | {r['exit']} | {r['seconds_to_exit']} | "
+                  f"{r.get('job_seconds', '')} | {r['orphans']} | {r.get('message', '')} |" for r in results["ranks"]]
     return "\n".join(lines)
 
 
@@ -462,6 +469,8 @@ def main(argv=None):
     p.add_argument("--cache-trials", type=int, default=20)
     p.add_argument("--pretrain-trials", type=int, default=20)
     p.add_argument("--distill-trials", type=int, default=10)
+    p.add_argument("--parts", nargs="+", choices=("kill", "inputs", "ranks"), default=["kill", "inputs", "ranks"],
+                   help="what to run (the references the planted inputs need are built without kill trials)")
     p.add_argument("--work", default=None, help="scratch dir (default: a temp dir, removed at the end)")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "faults.json"))
     args = p.parse_args(argv)
@@ -470,13 +479,18 @@ def main(argv=None):
     work = Path(args.work or tempfile.mkdtemp(prefix="babylm-faults-"))
     shm = set(os.listdir("/dev/shm"))
     suite, t0 = Suite(work, args.quick), time.time()
+    if "kill" not in args.parts:
+        args.cache_trials = args.pretrain_trials = args.distill_trials = 0
+    inputs = "inputs" in args.parts
     phases = [suite.setup]
-    if args.cache_trials or args.distill_trials:  # distill reads the reference cache
+    if args.cache_trials or args.distill_trials or inputs and not args.quick:  # distill, cache inputs: its reference
         phases.append(lambda: suite.cache_trials(args.cache_trials))
-    phases.append(lambda: suite.train_trials("pretrain.py", args.pretrain_trials))
+    if args.pretrain_trials or inputs:  # a finished reference run is a planted input
+        phases.append(lambda: suite.train_trials("pretrain.py", args.pretrain_trials))
     if args.distill_trials:
         phases.append(lambda: suite.train_trials("distill.py", args.distill_trials))
-    phases += [suite.bad_inputs, suite.kernel_inputs] + ([] if args.quick else [suite.ranks])
+    phases += ([suite.bad_inputs, suite.kernel_inputs] if inputs else []) + \
+        ([suite.ranks] if "ranks" in args.parts and not args.quick else [])
     res = suite.results
     res["errors"] = []
     try:
