@@ -43,6 +43,14 @@ def test_run_cli_one_line_and_debug(capsys, monkeypatch):
         run_cli(lambda argv: {}["missing"], [])
 
 
+def test_failed_job_says_why(tmp_path):
+    """A job run by the pipeline or a study fails with its own error line, the log and the command."""
+    from babylm_ds.training.jobs import JobError, run_cmd
+    job = "import sys; print('noise'); print('job.py: error: shard x is corrupt', file=sys.stderr); sys.exit(1)"
+    with pytest.raises(JobError, match=r"^job.py: error: shard x is corrupt — command failed \(exit 1; see .*job.log\)"):
+        run_cmd([sys.executable, "-c", job], dict(os.environ), str(tmp_path / "job.log"))
+
+
 def _agree_rank(rank, port, results):
     import torch.distributed as dist
 

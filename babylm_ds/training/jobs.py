@@ -81,7 +81,7 @@ def relay(pipe, log, out):
 
 def run_cmd(cmd, env, log, show=False):
     """Run `cmd` with its whole output appended to the file `log`; with `show`, the terminal gets it too,
-    without NOISE. JobError (naming the log) on failure."""
+    without NOISE. JobError on failure: the job's last `PROG: error: …` line, the log, the command."""
     os.makedirs(os.path.dirname(log), exist_ok=True)
     shown = os.path.relpath(log) if not os.path.relpath(log).startswith("..") else log
     print("$ " + " ".join(cmd) + f"\n  (full log: {shown})", flush=True)
@@ -94,7 +94,10 @@ def run_cmd(cmd, env, log, show=False):
             relay(proc.stdout, f, sys.stdout)
         rc = proc.wait()
     if rc != 0:
-        raise JobError(f"command failed (exit {rc}; see {log}): {' '.join(cmd)}")
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16)))
+            said = [x.strip() for x in f.read().decode(errors="replace").splitlines() if ": error: " in x]
+        raise JobError(f"{said[-1] + ' — ' if said else ''}command failed (exit {rc}; see {log}): {' '.join(cmd)}")
 
 
 def verify_run(run_dir, steps):
