@@ -508,7 +508,9 @@ def main(argv=None):
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     res["summary"] = {
-        "mode": "quick" if args.quick else "full", "seconds": round(time.time() - t0),
+        "mode": "quick" if args.quick else "full", "parts": args.parts, "seconds": round(time.time() - t0),
+        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip(),
         "kill_trials": sum(len(r["trials"]) for r in res["kill"].values()),
         "kill_trials_not_identical": sum(not x.get("byte_identical", x.get("bit_identical", False))
                                          for r in res["kill"].values() for x in r["trials"]),

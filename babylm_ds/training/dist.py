@@ -97,8 +97,9 @@ class Watchdog:
     def _watch(self):
         while not self.done.wait(min(5.0, self.timeout_s / 4)):
             if time.monotonic() - self.last > self.timeout_s:
-                print(f"error: rank {dist.get_rank()} made no progress for {self.timeout_s:.0f}s (--dist-timeout); "
-                      "a rank died or stalled, exiting", file=sys.stderr, flush=True)
+                print(f"\n{os.path.basename(sys.argv[0])}: error: rank {dist.get_rank()} made no progress for "
+                      f"{self.timeout_s:.0f}s (--dist-timeout); a rank died or stalled, exiting", file=sys.stderr,
+                      flush=True)  # on a line of its own, after a progress bar
                 os._exit(1)
 
 
