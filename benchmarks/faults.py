@@ -478,6 +478,8 @@ def main(argv=None):
         args.cache_trials, args.pretrain_trials, args.distill_trials = 0, 1, 0
     work = Path(args.work or tempfile.mkdtemp(prefix="babylm-faults-"))
     shm = set(os.listdir("/dev/shm"))
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()  # before this run writes its JSON
     suite, t0 = Suite(work, args.quick), time.time()
     if "kill" not in args.parts:
         args.cache_trials = args.pretrain_trials = args.distill_trials = 0
@@ -509,8 +511,7 @@ def main(argv=None):
             shutil.rmtree(work, ignore_errors=True)
     res["summary"] = {
         "mode": "quick" if args.quick else "full", "parts": args.parts, "seconds": round(time.time() - t0),
-        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": commit,
         "kill_trials": sum(len(r["trials"]) for r in res["kill"].values()),
         "kill_trials_not_identical": sum(not x.get("byte_identical", x.get("bit_identical", False))
                                          for r in res["kill"].values() for x in r["trials"]),
