@@ -154,3 +154,14 @@ def test_pretrain_launcher_runs(name, tiny_data_dir, tmp_path):
     assert len(losses) == 6 and losses[-1] < losses[0] - 0.5, losses
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert model.config.model_type == {"lstm-cpu": "babylstm", "mamba-cpu": "mamba"}[name]
+
+
+def test_fla_backend_keeps_transformers_mamba():
+    """Our fla backend imports fla, which registers its own classes under transformers' "mamba": a Mamba
+    checkpoint must still load as transformers' model (fresh process: import state is global)."""
+    pytest.importorskip("fla")
+    code = ("import babylm_ds; from babylm_ds.ops.hgrn2.fla import import_fla_ops; import_fla_ops(); "
+            "from transformers import AutoConfig, MambaConfig; "
+            "assert type(AutoConfig.for_model('mamba')) is MambaConfig, type(AutoConfig.for_model('mamba')); "
+            "assert type(AutoConfig.for_model('gla')).__module__.startswith('fla.')")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -7,6 +7,19 @@ are allowed (torch.set_float32_matmul_precision('high')), because chunk_gla comp
 import torch
 
 
+def import_fla_ops():
+    """`import fla.ops.gla` without fla's claim on transformers' own model types: `import fla` registers its
+    Mamba, Mamba2 and BitNet classes under transformers' names, after which a checkpoint saved by transformers
+    (our Mamba runs) would load as fla's Triton-only model. fla's other model types stay registered."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
+
+    before = dict(CONFIG_MAPPING._extra_content)
+    import fla.ops.gla  # noqa: F401
+    for key, config in list(CONFIG_MAPPING._extra_content.items()):
+        if key in CONFIG_MAPPING_NAMES and before.get(key) is not config:
+            del CONFIG_MAPPING._extra_content[key]
+
+
 def fla_status(device, dtype):
     """(available, reason) for running fla's chunk_gla on `device` with inputs of `dtype`."""
     if device.type != "cuda":
@@ -17,7 +30,7 @@ def fla_status(device, dtype):
         return False, ("fla's chunk_gla computes fp32 inputs in tf32 (error ~1e-3); allow TF32 with "
                        "torch.set_float32_matmul_precision('high')")
     try:
-        import fla.ops.gla  # noqa: F401
+        import_fla_ops()
     except ImportError as e:
         return False, f"flash-linear-attention is not installed ({e}); pip install .[fla]"
     return True, ""
