@@ -2,8 +2,8 @@
 is refused before training with one line, a dead or hung rank ends the job after --dist-timeout.
 
     python benchmarks/faults.py            (full: 20 cache, 20 pretrain, 10 distill kill trials; ≈1 h on 2 cores)
-    python benchmarks/faults.py --quick    (1 pretrain kill trial inside a checkpoint save, 4 bad inputs + kernel
-                                            checks; what CI runs)
+    python benchmarks/faults.py --quick    (1 pretrain kill trial aimed at a checkpoint save, 4 bad inputs + the
+                                            op's checks; what CI runs)
 
 Kill trials run 2 ranks under torchrun and SIGKILL the launcher's process group at a random moment: a random
 time, a random step plus up to 0.3 s, or (every third training trial, the first included) the moment a
