@@ -135,6 +135,17 @@ def _unsealed(out):
                 if d.name[4:].isdigit() and not (d / "checksums.json").exists()), default=0)
 
 
+def flip_byte(path, div=2):
+    """Flip the lowest bit of the byte at len // div of the file `path`."""
+    b = bytearray(Path(path).read_bytes())
+    b[len(b) // div] ^= 1
+    Path(path).write_bytes(bytes(b))
+
+
+def error_lines(text):
+    return [x for x in text.splitlines() if "error:" in x]
+
+
 def losses(out, key="train/loss"):
     rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return {r["step"]: r[key] for r in rows if key in r}
@@ -224,7 +235,7 @@ class Suite:
             how = [dict(save=self.rng.choice([3, 6, 9, 12])),  # --save-every 3 of 12 steps
                    dict(step=self.rng.randint(1, 12)), dict(seconds=self.rng.uniform(0, seconds))][i % 3]
             killed, orphans = kill_at(self.train_cmd(name, out), self.log(f"{name}-kill-{i}"), out, **how)
-            mid_save = any(not (d / "checksums.json").exists() for d in (out / "checkpoints").glob("step*"))
+            mid_save = _unsealed(out) > 0
             resume = ["--resume"] if (out / "checkpoints" / "latest").exists() else []
             rc, _, text = run(self.train_cmd(name, out, *resume), self.log(f"{name}-rerun-{i}"))
             got = losses(out) if rc == 0 else {}
@@ -244,7 +255,7 @@ class Suite:
         read = lambda: metrics.read_text() if metrics.is_file() else ""  # noqa: E731
         before, logged = {str(k): tree(k) for k in keep}, read()
         rc, seconds, text = run(cmd, self.log(f"bad-{len(self.results['bad_inputs'])}"), env=env)
-        lines = [x for x in text.splitlines() if "error:" in x]
+        lines = error_lines(text)
         trained = read() != logged and "train/loss" in read()
         row = {"input": name, "exit": rc, "seconds": round(seconds, 1), "message": lines[-1][:300] if lines else "",
                "one_line": len(lines) == 1 and "Traceback" not in text, "trained": trained,
@@ -265,9 +276,7 @@ class Suite:
         meta = json.loads((d / "meta.json").read_text())
         shard = d / meta["splits"]["train"]["shards"][0]["path"]
         if damage == "flip":
-            b = bytearray(shard.read_bytes())
-            b[len(b) // 2] ^= 1
-            shard.write_bytes(bytes(b))
+            flip_byte(shard)
         elif damage == "truncate":
             shard.write_bytes(shard.read_bytes()[:-64])
         elif damage == "sha256":
@@ -294,9 +303,7 @@ class Suite:
         manifest = json.loads((c / "manifest.json").read_text())
         shard = c / manifest["shards"][1]["path"]
         if damage == "flip":
-            b = bytearray(shard.read_bytes())
-            b[len(b) // 3] ^= 1
-            shard.write_bytes(bytes(b))
+            flip_byte(shard, 3)
         elif damage == "missing":
             shard.unlink()
         elif damage in ("sha256", "k", "fingerprint"):
@@ -354,10 +361,7 @@ class Suite:
             self.bad("finished --out without --resume", self.pretrain(finished), keep=[finished])
             corrupt = self.copy(finished, "corrupt-ckpt")
             tag = (corrupt / "checkpoints" / "latest").read_text().strip()
-            states = corrupt / "checkpoints" / tag / "mp_rank_00_model_states.pt"
-            b = bytearray(states.read_bytes())
-            b[len(b) // 2] ^= 1
-            states.write_bytes(bytes(b))
+            flip_byte(corrupt / "checkpoints" / tag / "mp_rank_00_model_states.pt")
             self.bad("--resume from a corrupt checkpoint", self.pretrain(corrupt, "--resume"), keep=[corrupt])
             lock_dir(finished)  # this process holds the lock, as a running job would
             self.bad("second run on the same --out", self.pretrain(finished, "--resume"), keep=[finished])
@@ -432,7 +436,7 @@ class Suite:
             rc, seconds, text = run(self.train_cmd("pretrain.py", out, "--dist-timeout", str(timeout)),
                                     self.log(f"rank-{mode}"), env={"BABYLM_DS_FAULT_AT_STEP": fault})
             after = time.time() - (out / "metrics.jsonl").stat().st_mtime
-            lines = [x for x in text.splitlines() if "error:" in x]
+            lines = error_lines(text)
             self.results["ranks"].append({"rank 1": mode, "dist_timeout": timeout, "exit": rc,
                                           "seconds_to_exit": round(after, 1), "job_seconds": round(seconds, 1),
                                           "orphans": len(survivors(str(out))),

@@ -66,13 +66,13 @@ def agree(fn):
         result, error = fn(), None
     except ANTICIPATED as e:
         result, error = None, one_line(e)
-    first = 0
+    rank = first = 0
     if dist.is_initialized() and dist.get_world_size() > 1:
-        errors = [None] * dist.get_world_size()
+        rank, errors = dist.get_rank(), [None] * dist.get_world_size()
         dist.all_gather_object(errors, error)
         first, error = next(((i, e) for i, e in enumerate(errors) if e), (0, None))
     if error:
-        raise (ValueError if first == (dist.get_rank() if dist.is_initialized() else 0) else EchoedError)(error)
+        raise (ValueError if first == rank else EchoedError)(error)
     return result
 
 
