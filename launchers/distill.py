@@ -10,138 +10,89 @@ deep supervision (--beta): MSE between learned projections of student hidden sta
 teacher's. Training, checkpoints, exact --resume, dev eval, TensorBoard and HF export come from
 babylm_ds.training.Trainer; the cache reader is stateless given a batch's idx, so resume needs nothing more.
 """
-import argparse
-import os
+import _preamble  # noqa: F401, I001  (first: see launchers/_preamble.py)
+
 import sys
 
-LAUNCHER = os.getppid()  # first thing: a launcher killed while this rank imports must still take it down
+import torch
+import torch.distributed as dist
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-# DeepSpeed compiles its CPU ops (≈3-4 min, once) into TORCH_EXTENSIONS_DIR: keep them in the project.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".torch_extensions"))
-from babylm_ds.utils.cli import die_with_launcher, run_cli  # noqa: E402
-
-die_with_launcher(LAUNCHER)  # before the slow imports: a rank must not outlive its launcher
-
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-
-from babylm_ds.cache import (TeacherCache, check_teacher, combined_logits, load_teachers,  # noqa: E402
-                             normalise_weights, teacher_info)
-from babylm_ds.losses import TAIL_MODES, hidden_mse, kd_loss, kd_loss_full  # noqa: E402
-from babylm_ds.models import check_model_arg, model_from_arg, parse_overrides  # noqa: E402
-from babylm_ds.training import add_train_args, build_ds_config  # noqa: E402
-
-# Defaults a preset fills in (flags still override). The teachers (trained HF dirs of the model presets
-# named in each comment) come from --teachers or are baked into --teacher-cache.
-PRESETS = {
-    # BabyLlama (Timiryasov & Tastet 2023): Llama-360M + GPT2-705M ensemble → Llama-58M, 6 epochs, lr 2.5e-4,
-    # batch 32, 200 warmup steps, cosine, wd 0.1, α 0.5, T 2, KLDivLoss(batchmean).
-    "babyllama-ensemble": dict(model="babyllama-58m", alpha=0.5, temperature=2.0, kd_reduction="batchmean",
-                               lr=2.5e-4, micro_batch=32, warmup_steps=200, schedule="cosine", epochs=6.0,
-                               weight_decay=0.1),
-    "babyllama-ensemble-tiny": dict(model="llama-tiny", alpha=0.5, temperature=2.0, kd_reduction="batchmean",
-                                    lr=1e-3, micro_batch=8, warmup_steps=10, schedule="cosine", epochs=1.0),
-    # BabyHGRN: a trained BabyHGRN teacher distilled into a fresh student of the same size.
-    "self-hgrn": dict(model="babyhgrn-360m", alpha=0.5, temperature=2.0, kd_reduction="token", lr=3e-4,
-                      micro_batch=32, warmup_steps=200, schedule="cosine", epochs=6.0),
-    "self-hgrn-tiny": dict(model="babyhgrn-tiny", alpha=0.5, temperature=2.0, kd_reduction="token", lr=1e-3,
-                           micro_batch=8, warmup_steps=10, schedule="cosine", epochs=1.0),
-}
+from babylm_ds.cache import (TeacherCache, check_teacher, combined_logits, load_teachers, normalise_weights,
+                             teacher_info)
+from babylm_ds.config import parse
+from babylm_ds.losses import hidden_mse, kd_loss, kd_loss_full
+from babylm_ds.training.config import build_ds_config
+from babylm_ds.utils.cli import run_cli
 
 
-def build_parser(preset=None):
-    p = add_train_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    next(a for a in p._actions if a.dest == "model").required = False  # a --preset may name the student
-    g = p.add_argument_group("distillation")
-    g.add_argument("--preset", choices=sorted(PRESETS), default=None, help="fill defaults for a known recipe")
-    g.add_argument("--student", dest="model", help="alias of --model: student preset or HF dir")
-    g.add_argument("--model-config", nargs="*", default=[], metavar="KEY=VALUE", help="student config overrides")
-    src = g.add_mutually_exclusive_group()
-    src.add_argument("--teacher-cache", default=None, help="offline targets: a cache dir from cache_logits.py")
-    src.add_argument("--teachers", nargs="+", default=None, help="online targets: teacher HF dirs, run frozen here")
-    g.add_argument("--teacher-weights", type=float, nargs="+", default=None,
-                   help="online: weights of the teachers' raw logits (default equal)")
-    g.add_argument("--alpha", type=float, default=0.5, help="weight of CE; KD gets 1 − α")
-    g.add_argument("--temperature", type=float, default=2.0)
-    g.add_argument("--kd-reduction", choices=("token", "batchmean"), default="token",
-                   help="token: KL averaged per token; batchmean: summed over tokens / batch size (BabyLlama)")
-    g.add_argument("--tail-mode", choices=TAIL_MODES, default="uniform",
-                   help="offline: how the cached tail bucket is tempered (see babylm_ds.losses.kd)")
-    g.add_argument("--beta", type=float, default=0.0, help="online: weight of hidden-state MSE (deep supervision)")
-    g.add_argument("--layer-map", default="auto",
-                   help="online: student:teacher hidden-state indices (0 = embeddings), e.g. 2:6,4:12; "
-                        "auto = middle and last layers")
-    if preset:
-        p.set_defaults(**PRESETS[preset])
-    return p
-
-
-def parse_args(argv=None):
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", choices=sorted(PRESETS), default=None)
-    args = build_parser(pre.parse_known_args(argv)[0].preset).parse_args(argv)
-    if not args.model:
-        raise SystemExit("give the student: --model/--student PRESET_OR_DIR, or a --preset")
-    if not (args.teacher_cache or args.teachers):
-        raise SystemExit("give the teacher targets: --teacher-cache DIR (offline) or --teachers DIR [DIR ...] (online)")
-    if args.beta and not args.teachers:
-        raise SystemExit("--beta (hidden-state supervision) needs online --teachers; a cache holds no hidden states")
-    if not 0.0 <= args.alpha <= 1.0 or args.temperature <= 0:
-        raise SystemExit(f"need 0 <= --alpha <= 1 and --temperature > 0, got {args.alpha}, {args.temperature}")
-    return args
+def check_distill_args(cfg):
+    """ValueError for distillation settings that cannot work together (no file is read)."""
+    d = cfg.distill
+    if not cfg.model.name:
+        raise ValueError("give the student: --model/--student PRESET_OR_DIR, or a --preset")
+    if bool(d.teacher_cache) == bool(d.teachers):
+        raise ValueError("give the teacher targets: --teacher-cache DIR (offline) or --teachers DIR [DIR ...] "
+                         "(online), one of them")
+    if d.beta and not d.teachers:
+        raise ValueError("--beta (hidden-state supervision) needs online --teachers; a cache holds no hidden states")
+    if not 0.0 <= d.alpha <= 1.0 or d.temperature <= 0:
+        raise ValueError(f"need 0 <= --alpha <= 1 and --temperature > 0, got {d.alpha}, {d.temperature}")
 
 
 def parse_layer_map(spec, student_layers, teacher_layers):
+    """[(student, teacher)] hidden-state indices of --layer-map (auto: the middle and last layers)."""
     if spec == "auto":
         return [(student_layers // 2, teacher_layers // 2), (student_layers, teacher_layers)]
     try:
         pairs = [tuple(int(x) for x in pair.split(":")) for pair in spec.split(",")]
     except ValueError:
-        raise SystemExit(f"--layer-map expects S:T[,S:T...], got {spec!r}") from None
+        raise ValueError(f"--layer-map expects S:T[,S:T...], got {spec!r}") from None
     for s, t in pairs:
         if not (0 <= s <= student_layers and 0 <= t <= teacher_layers):
-            raise SystemExit(f"--layer-map {s}:{t} outside student 0..{student_layers} / teacher 0..{teacher_layers}")
+            raise ValueError(f"--layer-map {s}:{t} outside student 0..{student_layers} / teacher 0..{teacher_layers}")
     return pairs
 
 
-def offline_loss(args, cache):
+def offline_loss(d, cache):
+    """loss_fn(engine, batch) of the Trainer from the cached targets; `d`: Config.distill."""
     def loss_fn(engine, batch):
         ids, logprobs, tail = cache.get(batch["idx"].cpu(), engine.device)
         logits = engine(input_ids=batch["input_ids"]).logits
-        loss, ce, kd = kd_loss(logits, ids, logprobs, tail, batch["input_ids"], args.alpha, args.temperature,
-                               args.kd_reduction, args.tail_mode)
+        loss, ce, kd = kd_loss(logits, ids, logprobs, tail, batch["input_ids"], d.alpha, d.temperature,
+                               d.kd_reduction, d.tail_mode)
         return loss, {"ce": ce.item(), "kd": kd.item()}
     return loss_fn
 
 
-def online_loss(args, teachers, weights, layer_map):
+def online_loss(d, teachers, weights, layer_map):
+    """loss_fn(engine, batch) of the Trainer from frozen `teachers` (combined with `weights`) run on the batch,
+    plus d.beta x hidden-state MSE over `layer_map`; `d`: Config.distill."""
     def loss_fn(engine, batch):
         x = batch["input_ids"]
-        if args.beta:
+        if d.beta:
             t_logits, t_hidden = combined_logits(teachers, weights, x, output_hidden_states=True)
         else:
             t_logits = combined_logits(teachers, weights, x)
-        out = engine(input_ids=x, output_hidden_states=bool(args.beta))
-        loss, ce, kd = kd_loss_full(out.logits, t_logits, x, args.alpha, args.temperature, args.kd_reduction)
+        out = engine(input_ids=x, output_hidden_states=bool(d.beta))
+        loss, ce, kd = kd_loss_full(out.logits, t_logits, x, d.alpha, d.temperature, d.kd_reduction)
         metrics = {"ce": ce.item(), "kd": kd.item()}
-        if args.beta:
+        if d.beta:
             hidden = hidden_mse(out.hidden_states, t_hidden[0], engine.module.kd_proj, layer_map)
-            loss = loss + args.beta * hidden
+            loss = loss + d.beta * hidden
             metrics["hidden"] = hidden.item()
         return loss, metrics
     return loss_fn
 
 
-def shard_teachers(teachers, args, cfg):
-    """ZeRO-3: wrap each frozen teacher in an optimizer-less DeepSpeed engine (batch sizes and bf16 from
-    the student's DeepSpeed config `cfg`) so its weights are sharded."""
+def shard_teachers(teachers, paths, ds_config):
+    """ZeRO-3: wrap each frozen teacher in an optimizer-less DeepSpeed engine (batch sizes and bf16 from the
+    student's DeepSpeed config) so its weights are sharded."""
     import deepspeed
-    tcfg = {k: cfg[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")}
-    tcfg.update(zero_optimization={"stage": 3}, bf16=cfg.get("bf16", {"enabled": False}), steps_per_print=10**9)
+    tcfg = {k: ds_config[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                                      "train_batch_size")}
+    tcfg.update(zero_optimization={"stage": 3}, bf16=ds_config.get("bf16", {"enabled": False}), steps_per_print=10**9)
     engines = [deepspeed.initialize(model=t, config=tcfg)[0] for t in teachers]
-    for path, engine in zip(args.teachers, engines):
+    for path, engine in zip(paths, engines):
         engine.eval()  # DeepSpeedEngine.eval() returns None
         held = sum(p.ds_tensor.numel() for p in engine.module.parameters())
         total = sum(p.ds_numel for p in engine.module.parameters())
@@ -161,62 +112,72 @@ def open_cache(path, meta):
     return cache
 
 
-def online_teachers(args, student, world):
-    """Frozen teachers (as frozen modules, or ZeRO-3-sharded engines) + loss; adds --beta projections."""
-    weights = normalise_weights(args.teacher_weights, len(args.teachers))
-    teachers = load_teachers(args.teachers, student.config.vocab_size)
+def online_teachers(cfg, student, world):
+    """(teachers, frozen modules for the Trainer, weights, layer map): the frozen teachers as frozen modules,
+    or ZeRO-3-sharded engines; adds the --beta projections to `student`."""
+    d = cfg.distill
+    weights = normalise_weights(d.teacher_weights, len(d.teachers))
+    teachers = load_teachers(d.teachers, student.config.vocab_size)
     layer_map = []
-    if args.beta:
+    if d.beta:
         s_cfg, t_cfg = student.config, teachers[0].config
-        layer_map = parse_layer_map(args.layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+        layer_map = parse_layer_map(d.layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
         student.kd_proj = torch.nn.ModuleList(torch.nn.Linear(s_cfg.hidden_size, t_cfg.hidden_size, bias=False)
                                               for _ in layer_map)
         student.export_exclude = ("kd_proj.",)  # trained with the student, not part of the exported model
-    cfg = build_ds_config(args, world)
-    if cfg.get("zero_optimization", {}).get("stage", 0) == 3:
-        return shard_teachers(teachers, args, cfg), (), weights, layer_map
+    ds_config = build_ds_config(cfg, world)
+    if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+        return shard_teachers(teachers, d.teachers, ds_config), (), weights, layer_map
     return teachers, teachers, weights, layer_map
 
 
-def card_facts(args, cache):
+def card_facts(d, cache):
     """Model-card facts of the distillation: the teachers (from the cache's manifest, or the online dirs)."""
     if cache is not None:
         teachers, k = cache.config["teachers"], cache.config["k"]
     else:
-        weights = normalise_weights(args.teacher_weights, len(args.teachers))
-        teachers, k = [teacher_info(p, w) for p, w in zip(args.teachers, weights)], None
+        weights = normalise_weights(d.teacher_weights, len(d.teachers))
+        teachers, k = [teacher_info(p, w) for p, w in zip(d.teachers, weights)], None
     return {"distillation": {"teachers": [{key: t[key] for key in ("name", "model_type", "weight")} for t in teachers],
-                             "k": k, "alpha": args.alpha, "temperature": args.temperature}}
+                             "k": k, "alpha": d.alpha, "temperature": d.temperature}}
+
+
+def distill(cfg):
+    """Distil Config `cfg`'s teachers (cache or online) into its student; returns the summary."""
+    check_distill_args(cfg)  # before DeepSpeed is imported
+    from babylm_ds.data import PackedDataset, load_meta, load_tokenizer
+    from babylm_ds.models import check_model_arg, model_from_arg
+    from babylm_ds.training.dist import agree, init_distributed
+    from babylm_ds.training.guard import check_train_args, start_run
+    from babylm_ds.training.trainer import Trainer
+
+    check_train_args(cfg)
+    d, meta = cfg.distill, load_meta(cfg.data.dir)
+    check_model_arg(cfg.model.name, meta["vocab_size"], cfg.model.config)
+    cache = open_cache(d.teacher_cache, meta) if d.teacher_cache else None
+    for path in d.teachers or ():
+        check_teacher(path, meta)
+    rank, world = init_distributed(cfg.run.dist_timeout)
+    meta, tag = start_run(cfg, rank, world)
+    if cache is not None:
+        agree(lambda: cache.verify(rank, world, progress=rank == 0))
+    train_ds, dev_ds = PackedDataset(cfg.data.dir, "train"), PackedDataset(cfg.data.dir, "dev")
+    torch.manual_seed(cfg.run.seed)  # identical student init on every rank
+    student = model_from_arg(cfg.model.name, meta["vocab_size"], cfg.model.config)
+    if cache is not None:
+        loss_fn, frozen = offline_loss(d, cache), ()
+    else:
+        teachers, frozen, weights, layer_map = online_teachers(cfg, student, world)
+        loss_fn = online_loss(d, teachers, weights, layer_map)
+    summary = Trainer(cfg, student, train_ds, dev_ds, load_tokenizer(cfg.data.dir), loss_fn, frozen,
+                      card_facts(d, cache), command="distill").train(tag)
+    if rank == 0:
+        print(f"done: {summary}")
+    return summary
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    from babylm_ds.data import PackedDataset, load_meta, load_tokenizer
-    from babylm_ds.training import Trainer, init_distributed
-    from babylm_ds.training.dist import agree
-    from babylm_ds.training.guard import check_train_args, start_run
-    check_train_args(args)
-    meta, overrides = load_meta(args.data), parse_overrides(args.model_config)
-    check_model_arg(args.model, meta["vocab_size"], overrides)
-    cache = open_cache(args.teacher_cache, meta) if args.teacher_cache else None
-    for path in args.teachers or ():
-        check_teacher(path, meta)
-    rank, world = init_distributed(args.dist_timeout)
-    meta, tag = start_run(args, rank, world)
-    if cache is not None:
-        agree(lambda: cache.verify(rank, world, progress=rank == 0))
-    train_ds, dev_ds = PackedDataset(args.data, "train"), PackedDataset(args.data, "dev")
-    torch.manual_seed(args.seed)  # identical student init on every rank
-    student = model_from_arg(args.model, meta["vocab_size"], overrides)
-    if cache is not None:
-        loss_fn, frozen = offline_loss(args, cache), ()
-    else:
-        teachers, frozen, weights, layer_map = online_teachers(args, student, world)
-        loss_fn = online_loss(args, teachers, weights, layer_map)
-    summary = Trainer(args, student, train_ds, dev_ds, load_tokenizer(args.data), loss_fn, frozen,
-                      card_facts(args, cache)).train(tag)
-    if rank == 0:
-        print(f"done: {summary}")
+    distill(parse("distill", argv, __doc__))
     return 0
 
 

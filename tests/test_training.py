@@ -1,5 +1,4 @@
 """DeepSpeed training: schedule, sampler, config checks, and multi-process ZeRO runs on CPU (gloo)."""
-import argparse
 import json
 import math
 import os
@@ -13,7 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from babylm_ds.training import ResumableSampler, add_train_args, build_ds_config, build_scheduler, lr_factor
+from babylm_ds.config import parse
+from babylm_ds.training.config import build_ds_config
+from babylm_ds.training.sampler import ResumableSampler
+from babylm_ds.training.schedule import build_scheduler, lr_factor
 from babylm_ds.training.dist import free_port
 from launch import HANG_S, LAUNCH_ENV, ROOT, read_metrics
 
@@ -24,8 +26,8 @@ DEEPSPEED = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 
 
-def _args(*argv):
-    return add_train_args(argparse.ArgumentParser()).parse_args(["--model", "m", "--data", "d", "--out", "o", *argv])
+def _cfg(*argv):
+    return parse("pretrain", ["--model", "m", "--data", "d", "--out", "o", *argv])
 
 
 def _start(launcher, out, *extra, env=None, log=None):
@@ -118,25 +120,25 @@ def test_sampler_positions_resume_and_shard():
 
 
 def test_ds_config_overrides_and_errors(tmp_path):
-    cfg = build_ds_config(_args("--ds_config", str(ROOT / "ds_configs/zero2.json"), "--micro-batch", "3",
+    cfg = build_ds_config(_cfg("--ds_config", str(ROOT / "ds_configs/zero2.json"), "--micro-batch", "3",
                                 "--grad-accum", "2", "--bf16", "--clip", "0.5"), world_size=4)
     sizes = cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"], cfg["train_batch_size"]
     assert sizes == (3, 2, 24)
     assert cfg["bf16"]["enabled"] and cfg["gradient_clipping"] == 0.5 and cfg["zero_optimization"]["stage"] == 2
-    cfg = build_ds_config(_args("--ds_config", str(ROOT / "ds_configs/zero3_offload.json"), "--lr", "0.01"), 2)
+    cfg = build_ds_config(_cfg("--ds_config", str(ROOT / "ds_configs/zero3_offload.json"), "--lr", "0.01"), 2)
     assert cfg["optimizer"]["params"]["lr"] == 0.01 and cfg["train_batch_size"] == 16  # micro 8 from the JSON
     for name in ("zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"):
         assert "auto" not in (ROOT / f"ds_configs/{name}.json").read_text()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train_batch_size": 999, "zero_optimization": {"stage": 2}}))
     with pytest.raises(ValueError, match=r"train_batch_size=999 .* = 16"):
-        build_ds_config(_args("--ds_config", str(bad), "--micro-batch", "4", "--grad-accum", "2"), 2)
+        build_ds_config(_cfg("--ds_config", str(bad), "--micro-batch", "4", "--grad-accum", "2"), 2)
     bad.write_text(json.dumps({"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}))
     with pytest.raises(ValueError, match="zero_optimization.reduce_bucket_size"):
-        build_ds_config(_args("--ds_config", str(bad)), 1)
+        build_ds_config(_cfg("--ds_config", str(bad)), 1)
     bad.write_text(json.dumps({"scheduler": {"type": "WarmupLR"}}))
     with pytest.raises(ValueError, match="scheduler"):
-        build_ds_config(_args("--ds_config", str(bad)), 1)
+        build_ds_config(_cfg("--ds_config", str(bad)), 1)
 
 
 def test_cli_batch_size_mismatch_is_one_line_error(tiny_data_dir, tmp_path):
