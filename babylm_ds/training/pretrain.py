@@ -8,8 +8,9 @@ from babylm_ds.training.guard import check_train_args, start_run
 from babylm_ds.training.trainer import Trainer
 
 
-def pretrain(cfg):
-    """Train Config `cfg`'s model from scratch (or from its HF dir) on its data; returns the summary."""
+def pretrain(cfg, callbacks=None):
+    """Train Config `cfg`'s model from scratch (or from its HF dir) on its data; returns the summary.
+    `callbacks`: the Trainer's (default `callbacks.default_callbacks(cfg)`)."""
     check_train_args(cfg)
     check_model_arg(cfg.model.name, load_meta(cfg.data.dir)["vocab_size"], cfg.model.config)
     rank, world = init_distributed(cfg.run.dist_timeout)
@@ -17,7 +18,8 @@ def pretrain(cfg):
     tokenizer = load_tokenizer(cfg.data.dir)
     torch.manual_seed(cfg.run.seed)  # identical init on every rank
     model = model_from_arg(cfg.model.name, meta["vocab_size"], cfg.model.config)
-    trainer = Trainer(cfg, model, PackedDataset(cfg.data.dir, "train"), PackedDataset(cfg.data.dir, "dev"), tokenizer)
+    trainer = Trainer(cfg, model, PackedDataset(cfg.data.dir, "train"), PackedDataset(cfg.data.dir, "dev"), tokenizer,
+                      callbacks=callbacks)
     summary = trainer.train(tag)
     if rank == 0:
         print(f"done: {summary}")

@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO training loop shared by the pretrain and distill launchers."""
+"""DeepSpeed ZeRO training loop shared by the pretrain and distill launchers; what runs around each step is in
+`callbacks`."""
 import json
 import math
 import os
@@ -16,18 +17,13 @@ from tqdm import tqdm
 from babylm_ds.config import dump, updated
 from babylm_ds.models.card import architecture, facts, launch_command, write_card
 from babylm_ds.models.remote_code import with_bos, write_remote_code
+from babylm_ds.training.callbacks import TrainState, default_callbacks
 from babylm_ds.training.config import build_ds_config, resolve
 from babylm_ds.training.dist import Watchdog, gather_state_dict, init_distributed
 from babylm_ds.training.guard import resume_dir, seal_checkpoint
 from babylm_ds.training.sampler import ResumableSampler
 from babylm_ds.training.schedule import build_scheduler
-from babylm_ds.utils.cli import EchoedError
 from babylm_ds.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
-
-# Fault injection for tests: "rank:step" makes that rank die (os._exit(1)) once `step` optimizer steps are
-# done; "rank:step:hang" makes it stall instead (the others then fail after --dist-timeout); "rank:step:nan"
-# makes its next loss NaN (the run then stops as diverged).
-FAULT_ENV = "BABYLM_DS_FAULT_AT_STEP"
 
 
 def collate(items):
@@ -82,14 +78,16 @@ class Trainer:
     neither optimized, checkpointed nor exported. Submodules of `model` that are trained but not part
     of the exported model are named by prefixes in `model.export_exclude` (e.g. ("kd_proj.",)).
     Dev loss is always the model's own CE. `card`: extra model-card facts (e.g. the distillation teachers).
-    `command` (a key of babylm_ds.config.COMMANDS) picks the settings OUT/config.yaml shows."""
+    `callbacks`: what runs around each step (default `callbacks.default_callbacks(cfg)`). `command` (a key
+    of babylm_ds.config.COMMANDS) picks the settings OUT/config.yaml shows."""
 
     def __init__(self, cfg, model, train_ds, dev_ds, tokenizer, loss_fn=None, frozen_modules=(), card=None,
-                 command="pretrain"):
+                 callbacks=None, command="pretrain"):
         self.model, self.train_ds, self.dev_ds, self.tokenizer = model, train_ds, dev_ds, tokenizer
         self.card, self.command = card, command
         self.loss_fn = loss_fn or causal_lm_loss
         self.frozen_modules = list(frozen_modules)
+        self.callbacks = default_callbacks(cfg) if callbacks is None else list(callbacks)
         self.rank, self.world = init_distributed(cfg.run.dist_timeout)
         self.ds_config = build_ds_config(cfg, self.world)
         self.micro, self.accum = self.ds_config["train_micro_batch_size_per_gpu"], self.ds_config["gradient_accumulation_steps"]
@@ -107,90 +105,44 @@ class Trainer:
             "optim.max_steps": self.total_steps, "optim.warmup_steps": self.total_steps // 10 if warmup is None else warmup})
         self.ckpt_dir = os.path.join(cfg.run.out, "checkpoints")
         self.metrics_path = os.path.join(cfg.run.out, "metrics.jsonl")
-        self.tb = None
+        self.tb = self.bar = None
         self.watchdog = Watchdog(cfg.run.dist_timeout)  # started by train(); every unit of progress beats it
 
     # --- the loop -----------------------------------------------------------------------------
     def train(self, resume_tag=None):
         """Run to the configured steps (from checkpoint `resume_tag` of --resume's dir), export OUT/final and
-        end the process group; returns a summary dict (also written to OUT/summary.json). A non-finite
-        loss or gradient norm stops the run with a ValueError before anything is saved or exported."""
-        cfg = self.cfg
+        end the process group; returns a summary dict (also written to OUT/summary.json). A callback may
+        stop the run early (`state.stop`): it is then checkpointed, not exported."""
+        s = self.start(resume_tag)
+        self.emit("on_train_start", s)
+        with tqdm(total=self.total_steps, initial=s.step, disable=self.rank != 0, dynamic_ncols=True) as self.bar:
+            while s.step < self.total_steps and s.stop is None:
+                loader = self.loader(s.step)  # the rest of this epoch
+                for _ in range(min(self.steps_per_epoch - s.step % self.steps_per_epoch, self.total_steps - s.step)):
+                    self.emit("on_step_start", s)
+                    self.step(s, loader)
+                    self.emit("on_step_end", s)
+                    if s.stop is not None:
+                        break
+                if s.step % self.steps_per_epoch == 0 and s.stop is None:
+                    self.emit("on_epoch_end", s)
+        self.emit("on_train_end", s)
+        return self.finish(s)
+
+    def emit(self, hook, s):
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, s)
+
+    # --- setup --------------------------------------------------------------------------------
+    def start(self, resume_tag):
+        """Build the engine, load `resume_tag`, open the logs; returns the loop's TrainState."""
         self._initialize()
         step = self._resume(resume_tag) if resume_tag else 0
         self._open_logs(step)
         self.watchdog.start()
-        sampler = ResumableSampler(self.train_ds, self.world, self.rank, seed=cfg.run.seed)
-        fault = os.environ.get(FAULT_ENV, "-1:-1").split(":")
-        fault_at = int(fault[0]), int(fault[1])
-        bar = tqdm(total=self.total_steps, initial=step, disable=self.rank != 0, dynamic_ncols=True)
-        dev_loss, last_dev, last_save, loss, tokens, seconds = None, -1, step, float("nan"), 0, 0.0
-        while step < self.total_steps:
-            epoch, offset = divmod(step, self.steps_per_epoch)
-            sampler.set_position(epoch, offset * self.accum * self.micro)
-            loader = iter(DataLoader(self.train_ds, batch_size=self.micro, sampler=sampler, collate_fn=collate,
-                                     drop_last=True, num_workers=cfg.run.num_workers))
-            for _ in range(offset, min(self.steps_per_epoch, offset + self.total_steps - step)):
-                if (self.rank, step) == fault_at and fault[2:] != ["nan"]:
-                    if fault[2:] == ["hang"]:
-                        time.sleep(1e9)
-                    os._exit(1)
-                torch.manual_seed(hash((cfg.run.seed, self.rank, step)) % 2**63)  # dropout RNG, resume-exact
-                lr, t0 = self.engine.get_lr()[0], time.perf_counter()
-                batches = [next(loader) for _ in range(self.accum)]
-                tokens_per_step = self.world * sum(b["input_ids"].numel() for b in batches)
-                loss, metrics = self._micro_steps(batches, poison=(self.rank, step) == fault_at)
-                dt = time.perf_counter() - t0
-                step, tokens, seconds = step + 1, tokens + tokens_per_step, seconds + dt
-                grad_norm = self.engine.get_global_grad_norm()
-                if not math.isfinite(loss) or grad_norm is not None and not math.isfinite(float(grad_norm)):
-                    bar.close()
-                    kept = "no checkpoint yet; lower --lr or --clip"
-                    if last_save:
-                        kept = (f"the last good checkpoint {self.ckpt_dir}/step{last_save} is untouched; lower --lr "
-                                "or --clip and rerun with --resume")
-                    # every rank sees the same (all-reduced) loss and global norm: rank 0 says it
-                    error = ValueError if self.rank == 0 else EchoedError
-                    raise error(f"step {step}: loss {loss:g}, gradient norm {float(grad_norm or 0):g}: training "
-                                f"diverged, stopped without saving or exporting ({kept})")
-                record = {"loss": loss, "lr": lr, "tokens_per_s": tokens_per_step / dt,
-                          **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}), **metrics}
-                self.log(step, record, "train/")
-                bar.update(1)
-                if step % cfg.run.log_every == 0:
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                if cfg.evaluation.eval_every and step % cfg.evaluation.eval_every == 0:
-                    dev_loss, last_dev = self.dev(step), step
-                if cfg.run.save_every and step % cfg.run.save_every == 0:
-                    self.save(step)
-                    last_save = step
-            if step % self.steps_per_epoch == 0:  # epoch end
-                if last_dev != step:
-                    dev_loss, last_dev = self.dev(step), step
-                if cfg.evaluation.epoch_tasks:
-                    self.evaluate_zeroshot(step, [t.strip() for t in cfg.evaluation.epoch_tasks.split(",") if t.strip()],
-                                           cfg.evaluation.epoch_limit)
-        bar.close()
-        if last_dev != step:
-            dev_loss = self.dev(step)
-        if last_save != step:
-            self.save(step)
-        state = gather_state_dict(self.engine.module)
-        out = cfg.run.out
-        summary = {"steps": step, "train_loss": loss, "dev_loss": dev_loss, "world_size": self.world,
-                   "train_tokens": tokens, "tokens_per_s": tokens / seconds if seconds else None,
-                   "final_dir": os.path.join(out, "final")}
-        if self.rank == 0:
-            card = facts(cfg, summary, launch_command(self.world), self.ds_config, self.card)
-            export_hf(self.engine.module, state, self.tokenizer, summary["final_dir"], card)
-            atomic_write_json(os.path.join(out, "summary.json"), summary)
-            self.tb.close()
-        dist.barrier()
-        self.watchdog.stop()
-        dist.destroy_process_group()  # a clean teardown: an implicit one at exit can abort (SIGABRT)
-        return summary
+        self.sampler = ResumableSampler(self.train_ds, self.world, self.rank, seed=self.cfg.run.seed)
+        return TrainState(step=step, last_save=step)
 
-    # --- setup --------------------------------------------------------------------------------
     def _initialize(self):
         o = self.cfg.optim
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -245,6 +197,24 @@ class Trainer:
                 self.tb.add_scalar(f"{prefix}{k}", v, step)
 
     # --- steps --------------------------------------------------------------------------------
+    def loader(self, step):
+        """An iterator over this rank's micro-batches from optimizer step `step` to the end of its epoch."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        self.sampler.set_position(epoch, offset * self.accum * self.micro)
+        return iter(DataLoader(self.train_ds, batch_size=self.micro, sampler=self.sampler, collate_fn=collate,
+                               drop_last=True, num_workers=self.cfg.run.num_workers))
+
+    def step(self, s, loader):
+        """One optimizer step over `accum` micro-batches of `loader`; updates `s`."""
+        torch.manual_seed(hash((self.cfg.run.seed, self.rank, s.step)) % 2**63)  # dropout RNG, resume-exact
+        s.lr, t0 = self.engine.get_lr()[0], time.perf_counter()
+        batches = [next(loader) for _ in range(self.accum)]
+        tokens = self.world * sum(b["input_ids"].numel() for b in batches)
+        s.loss, s.metrics = self._micro_steps(batches, s.poison)
+        dt = time.perf_counter() - t0
+        s.step, s.tokens, s.seconds, s.tokens_per_s = s.step + 1, s.tokens + tokens, s.seconds + dt, tokens / dt
+        s.grad_norm = self.engine.get_global_grad_norm()
+
     def _micro_steps(self, batches, poison=False):
         """Forward, backward and engine step of each micro-batch; returns rank-averaged loss and metrics."""
         total, names, sums = 0.0, None, None
@@ -265,7 +235,7 @@ class Trainer:
         stats = (stats / (self.world * self.accum)).tolist()
         return stats[0], dict(zip(names, stats[1:]))
 
-    # --- evaluation and checkpoints ---------------------------------------------------------
+    # --- evaluation and checkpoints (called by the callbacks) ---------------------------------
     @torch.no_grad()
     def evaluate_dev(self):
         """Mean next-token CE over the dev set (every sequence once, split across ranks)."""
@@ -326,3 +296,25 @@ class Trainer:
             raise
         dist.barrier()
         self.watchdog.beat()
+
+    # --- the end ------------------------------------------------------------------------------
+    def finish(self, s):
+        """Export OUT/final (unless stopped early), write summary.json, end the process group."""
+        out = self.cfg.run.out
+        summary = {"steps": s.step, "train_loss": s.loss, "dev_loss": s.dev_loss, "world_size": self.world,
+                   "train_tokens": s.tokens, "tokens_per_s": s.tokens / s.seconds if s.seconds else None,
+                   "final_dir": os.path.join(out, "final")}
+        if s.stop is not None:
+            summary.update(stopped=s.stop, final_dir=None)
+        else:
+            state = gather_state_dict(self.engine.module)
+        if self.rank == 0:
+            if s.stop is None:
+                card = facts(self.cfg, summary, launch_command(self.world), self.ds_config, self.card)
+                export_hf(self.engine.module, state, self.tokenizer, summary["final_dir"], card)
+                atomic_write_json(os.path.join(out, "summary.json"), summary)
+            self.tb.close()
+        dist.barrier()
+        self.watchdog.stop()
+        dist.destroy_process_group()  # a clean teardown: an implicit one at exit can abort (SIGABRT)
+        return summary
