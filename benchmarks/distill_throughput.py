@@ -18,7 +18,7 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "launchers")]
+sys.path.insert(0, ROOT)
 
 from babylm_ds.cache import TeacherCache, combined_logits, load_teacher, teacher_info, write_cache  # noqa: E402
 from babylm_ds.cache.format import id_dtype  # noqa: E402
@@ -26,7 +26,7 @@ from babylm_ds.cache.writer import sample_stats  # noqa: E402
 from babylm_ds.losses import TAIL_MODES  # noqa: E402
 from babylm_ds.models import build_model, count_parameters  # noqa: E402
 from babylm_ds.config import Distill  # noqa: E402
-from distill import offline_loss, online_loss  # noqa: E402
+from babylm_ds.training.distill import offline_loss, online_loss  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -15,6 +15,7 @@ import torch
 
 from babylm_ds.cache import TeacherCache, verify
 from babylm_ds.config import Distill, parse
+from babylm_ds.training.distill import check_distill_args, distill, online_loss
 from babylm_ds.training.dist import free_port
 from babylm_ds.utils.io import sha256_file
 from launch import HANG_S, LAUNCH_ENV, ROOT, read_metrics
@@ -91,7 +92,6 @@ def test_cache_launcher_matches_teachers(micro, tiny_data_dir):
 
 @pytest.mark.parametrize("key", ["seq_len", "fingerprint", "tokenizer_hash"])
 def test_distill_refuses_cache_for_other_data(micro, tiny_data_dir, tmp_path, key):
-    distill = _distill_module()
     bad = tmp_path / "cache"
     shutil.copytree(micro["cache"], bad)
     manifest = json.loads((bad / "manifest.json").read_text())
@@ -99,18 +99,11 @@ def test_distill_refuses_cache_for_other_data(micro, tiny_data_dir, tmp_path, ke
     (bad / "manifest.json").write_text(json.dumps(manifest))
     # an edited seq_len no longer fits the shard sizes the manifest lists, which is caught first
     with pytest.raises(ValueError, match=f"does not match the training data: {key}|seq_len=1 make 512 recor"):
-        distill.distill(parse("distill", ["--data", str(tiny_data_dir), "--teacher-cache", str(bad), "--out",
+        distill(parse("distill", ["--data", str(tiny_data_dir), "--teacher-cache", str(bad), "--out",
                                   str(tmp_path / "o"), *STUDENT]))
 
 
-def _distill_module():
-    sys.path.insert(0, str(ROOT / "launchers"))
-    import distill
-    return distill
-
-
 def test_presets_fill_defaults_that_flags_override():
-    check_distill_args = _distill_module().check_distill_args
     cfg = parse("distill", ["--preset", "babyllama-ensemble", "--data", "d", "--out", "o", "--teacher-cache", "c"])
     assert (cfg.model.name, cfg.distill.kd_reduction, cfg.distill.alpha, cfg.distill.temperature, cfg.optim.lr,
             cfg.optim.micro_batch) == ("babyllama-58m", "batchmean", 0.5, 2.0, 2.5e-4, 32)
@@ -126,11 +119,10 @@ def test_presets_fill_defaults_that_flags_override():
 
 
 def test_online_loss_is_full_vocab_kd(micro, tiny_data_dir):
-    """distill.online_loss (no deep supervision) = α·CE + (1−α)·T²·KL against the teachers' mean logits."""
+    """training.distill.online_loss (no deep supervision) = α·CE + (1−α)·T²·KL against the teachers' mean logits."""
     from babylm_ds.cache import load_teachers
     from babylm_ds.data import PackedDataset
     from babylm_ds.models import build_model
-    online_loss = _distill_module().online_loss
     teachers = load_teachers(micro["teachers"], 1000)
     assert all(not p.requires_grad for t in teachers for p in t.parameters())
     with pytest.raises(SystemExit, match="teacher .* has vocab_size 1000, expected 999"):
