@@ -227,11 +227,14 @@ def get(cfg, path):
 
 
 def updated(cfg, values):
-    """A copy of `cfg` with `values` ({"section.name": value}) set; unknown paths are a ValueError."""
+    """A copy of `cfg` with `values` ({"section.name": value}) set (lists of tuple fields as tuples); unknown
+    paths are a ValueError."""
     cfg = copy.deepcopy(cfg)
     for path, value in values.items():
         if path not in FIELDS:
             raise ValueError(f"unknown setting {path!r}")
+        if isinstance(FIELDS[path].default, tuple) and isinstance(value, list):
+            value = tuple(value)
         section, name = path.split(".")
         setattr(getattr(cfg, section), name, copy.deepcopy(value))
     return cfg
@@ -271,14 +274,7 @@ def to_dict(cfg):
 
 def from_dict(d):
     """The Config of a `to_dict` / config.yaml mapping (missing keys keep their defaults)."""
-    values = {}
-    for section, entries in (d or {}).items():
-        for name, value in (entries or {}).items():
-            path = f"{section}.{name}"
-            if path in FIELDS and isinstance(FIELDS[path].default, tuple) and value is not None:
-                value = tuple(value)
-            values[path] = value
-    return updated(Config(), values)
+    return updated(Config(), {f"{s}.{k}": v for s, entries in (d or {}).items() for k, v in (entries or {}).items()})
 
 
 def dump(cfg, command=None):
