@@ -15,6 +15,8 @@ Backward (G = global cumulative log decay, dS_t = adjoint of the state after ste
     dq_t = scale S_t do_t,   dk_t = dS_t v_t,   dv_t = dS_t^T k_t,
     dG_t = q_t*dq_t - k_t*dk_t (+ rowsum(S_T * dS_T) at t = T),   dg = reverse cumsum of dG.
 Chunk states are recomputed rather than saved.
+
+Inlined into exported models (models/remote_code.py): keeps the rules in models/export_rules.py.
 """
 import torch
 import torch.nn.functional as F
