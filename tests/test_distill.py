@@ -37,7 +37,7 @@ def run(cmd, log, timeout=HANG_S, **env):
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError(f"timed out after {timeout}s:\n{Path(log).read_text()[-3000:]}")
+            raise AssertionError(f"timed out after {timeout}s:\n{Path(log).read_text()[-3000:]}") from None
     return rc, time.time() - t0
 
 
