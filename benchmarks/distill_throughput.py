@@ -18,14 +18,15 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "launchers")]
+sys.path.insert(0, ROOT)
 
 from babylm_ds.cache import TeacherCache, combined_logits, load_teacher, teacher_info, write_cache  # noqa: E402
 from babylm_ds.cache.format import id_dtype  # noqa: E402
 from babylm_ds.cache.writer import sample_stats  # noqa: E402
 from babylm_ds.losses import TAIL_MODES  # noqa: E402
 from babylm_ds.models import build_model, count_parameters  # noqa: E402
-from distill import offline_loss, online_loss  # noqa: E402
+from babylm_ds.config import Distill  # noqa: E402
+from babylm_ds.training.distill import offline_loss, online_loss  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -130,7 +131,7 @@ def main(argv=None):
         cache.get(b["idx"], args.device)
     read_tps = len(batches) * args.micro_batch * meta["seq_len"] / (time.perf_counter() - t0)
 
-    kd_args = argparse.Namespace(alpha=0.5, temperature=2.0, kd_reduction="token", tail_mode="uniform", beta=0.0)
+    kd_args = Distill()  # alpha 0.5, T 2, per-token KL, uniform tail, no deep supervision
     step_s = time_steps(student, {"offline": offline_loss(kd_args, cache),
                                   "online": online_loss(kd_args, teachers, weights, [])}, batches, args.steps, args.device)
     offline, online = step_s["offline"], step_s["online"]

@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from babylm_ds.ops import hgrn2  # noqa: E402
+from babylm_ds.ops.hgrn2.chunk import CHUNK  # noqa: E402
 from babylm_ds.utils.io import atomic_path, atomic_write_json  # noqa: E402
 
-CHUNK = 64
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GPU_GRID = [  # issue 10: (dtype, B, H, K, V, Ts)
     ("bfloat16", 8, 16, 64, 64, (1024, 4096, 16384)),

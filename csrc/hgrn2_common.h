@@ -1,7 +1,10 @@
 // Per-element HGRN2 chunk math shared by the CPU (hgrn2_cpu.cpp) and CUDA (hgrn2_cuda.cu) kernels.
 //
-// Within a chunk, b_t = cumsum of g from the chunk start (b <= 0, non-increasing). Every decay factor
-// used is exp(b_late - b_early) <= 1: nothing is ever scaled by exp(-b), so g = -20 per step is safe.
+// Within a chunk, b_t = cumsum of g from the chunk start (b <= 0, non-increasing). A decay factor used on
+// its own is exp(b_late - b_early) <= 1. Factors above 1 appear only where they are bounded: the sub-chunk
+// reference products below (at most e^kRefSpan) and the CPU kernel's exp(b) * exp(-b) factorisation, used
+// only while b >= -kFactorSpan in every column (hgrn2_cpu_kernel.h). So nothing overflows or flushes to zero
+// in fp32, and g = -20 per step is safe.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -15,7 +18,7 @@
 
 namespace hgrn2 {
 
-constexpr int kChunk = 64;  // chunk length
+constexpr int kChunk = 64;  // chunk length (the Python side's: babylm_ds/ops/hgrn2/chunk.py CHUNK)
 constexpr int kSub = 16;    // sub-chunk length of the intra-chunk blocks
 HGRN2_HD constexpr int num_chunks(int T) { return (T + kChunk - 1) / kChunk; }
 
@@ -54,11 +57,6 @@ HGRN2_HD A decay(A b_late, A b_early) { return gexp(b_late - b_early); }
 // j <= r the factor is <= 1; keys inside I (factor > 1) use them only while b_r - b_j < kRefSpan in
 // every column, so no factor overflows or flushes q~ to zero in fp32.
 constexpr float kRefSpan = 40.0f;
-
-// Chunk-boundary state update of one element: S_new = exp(b_last) S_prev + sum_j kd_j v_j, where
-// kd_j = k_j exp(b_last - b_j); this adds one (kd, v) term to an already decayed state element.
-template <typename A>
-HGRN2_HD A state_term(A s, A kd, A v) { return s + kd * v; }
 
 // dg of one position before the reverse cumsum: q*dq - k*dk (the reverse cumsum over t plus the
 // final-state term sum_v S_T * dht gives dg exactly).

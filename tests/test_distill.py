@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from babylm_ds.cache import TeacherCache, verify
+from babylm_ds.config import Distill, parse
+from babylm_ds.training.distill import check_distill_args, distill, online_loss
 from babylm_ds.training.dist import free_port
 from babylm_ds.utils.io import sha256_file
 from launch import HANG_S, LAUNCH_ENV, ROOT, read_metrics
@@ -35,7 +37,7 @@ def run(cmd, log, timeout=HANG_S, **env):
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError(f"timed out after {timeout}s:\n{Path(log).read_text()[-3000:]}")
+            raise AssertionError(f"timed out after {timeout}s:\n{Path(log).read_text()[-3000:]}") from None
     return rc, time.time() - t0
 
 
@@ -90,7 +92,6 @@ def test_cache_launcher_matches_teachers(micro, tiny_data_dir):
 
 @pytest.mark.parametrize("key", ["seq_len", "fingerprint", "tokenizer_hash"])
 def test_distill_refuses_cache_for_other_data(micro, tiny_data_dir, tmp_path, key):
-    distill = _distill_module()
     bad = tmp_path / "cache"
     shutil.copytree(micro["cache"], bad)
     manifest = json.loads((bad / "manifest.json").read_text())
@@ -98,37 +99,30 @@ def test_distill_refuses_cache_for_other_data(micro, tiny_data_dir, tmp_path, ke
     (bad / "manifest.json").write_text(json.dumps(manifest))
     # an edited seq_len no longer fits the shard sizes the manifest lists, which is caught first
     with pytest.raises(ValueError, match=f"does not match the training data: {key}|seq_len=1 make 512 recor"):
-        distill.main(["--data", str(tiny_data_dir), "--teacher-cache", str(bad), "--out", str(tmp_path / "o"), *STUDENT])
-
-
-def _distill_module():
-    sys.path.insert(0, str(ROOT / "launchers"))
-    import distill
-    return distill
+        distill(parse("distill", ["--data", str(tiny_data_dir), "--teacher-cache", str(bad), "--out",
+                                  str(tmp_path / "o"), *STUDENT]))
 
 
 def test_presets_fill_defaults_that_flags_override():
-    distill = _distill_module()
-    args = distill.parse_args(["--preset", "babyllama-ensemble", "--data", "d", "--out", "o", "--teacher-cache", "c"])
-    assert (args.model, args.kd_reduction, args.alpha, args.temperature, args.lr) == \
-        ("babyllama-58m", "batchmean", 0.5, 2.0, 2.5e-4)
-    args = distill.parse_args(["--preset", "self-hgrn-tiny", "--data", "d", "--out", "o", "--teachers", "t",
-                               "--temperature", "4", "--student", "babyhgrn-tiny"])
-    assert (args.model, args.temperature, args.kd_reduction) == ("babyhgrn-tiny", 4.0, "token")
-    with pytest.raises(SystemExit, match="teacher targets"):
-        distill.parse_args(["--model", "llama-tiny", "--data", "d", "--out", "o"])
-    with pytest.raises(SystemExit, match="needs online --teachers"):
-        distill.parse_args(["--model", "m", "--data", "d", "--out", "o", "--teacher-cache", "c", "--beta", "1"])
+    cfg = parse("distill", ["--preset", "babyllama-ensemble", "--data", "d", "--out", "o", "--teacher-cache", "c"])
+    assert (cfg.model.name, cfg.distill.kd_reduction, cfg.distill.alpha, cfg.distill.temperature, cfg.optim.lr,
+            cfg.optim.micro_batch) == ("babyllama-58m", "batchmean", 0.5, 2.0, 2.5e-4, 32)
+    cfg = parse("distill", ["--preset", "self-hgrn-tiny", "--data", "d", "--out", "o", "--teachers", "t",
+                            "--temperature", "4", "--student", "babyhgrn-tiny"])
+    assert (cfg.model.name, cfg.distill.temperature, cfg.distill.kd_reduction) == ("babyhgrn-tiny", 4.0, "token")
+    check_distill_args(cfg)
+    with pytest.raises(ValueError, match="teacher targets"):
+        check_distill_args(parse("distill", ["--model", "llama-tiny", "--data", "d", "--out", "o"]))
+    with pytest.raises(ValueError, match="needs online --teachers"):
+        check_distill_args(parse("distill", ["--model", "m", "--data", "d", "--out", "o", "--teacher-cache", "c",
+                                             "--beta", "1"]))
 
 
 def test_online_loss_is_full_vocab_kd(micro, tiny_data_dir):
-    """distill.online_loss (no deep supervision) = α·CE + (1−α)·T²·KL against the teachers' mean logits."""
-    import argparse
-
+    """training.distill.online_loss (no deep supervision) = α·CE + (1−α)·T²·KL against the teachers' mean logits."""
     from babylm_ds.cache import load_teachers
     from babylm_ds.data import PackedDataset
     from babylm_ds.models import build_model
-    distill = _distill_module()
     teachers = load_teachers(micro["teachers"], 1000)
     assert all(not p.requires_grad for t in teachers for p in t.parameters())
     with pytest.raises(SystemExit, match="teacher .* has vocab_size 1000, expected 999"):
@@ -137,8 +131,8 @@ def test_online_loss_is_full_vocab_kd(micro, tiny_data_dir):
     student = build_model("llama-tiny", vocab_size=1000, **MICRO_LLAMA)
     ds = PackedDataset(tiny_data_dir, "train")
     x = torch.stack([ds[i]["input_ids"] for i in range(3)])
-    args = argparse.Namespace(alpha=0.3, temperature=2.0, kd_reduction="token", beta=0.0)
-    loss, m = distill.online_loss(args, teachers, [0.5, 0.5], [])(student, {"input_ids": x, "idx": torch.arange(3)})
+    d = Distill(alpha=0.3, temperature=2.0, kd_reduction="token", beta=0.0)
+    loss, m = online_loss(d, teachers, [0.5, 0.5], [])(student, {"input_ids": x, "idx": torch.arange(3)})
     with torch.no_grad():
         t = sum(teacher(x).logits for teacher in teachers) / 2
     s = student(x).logits

@@ -13,7 +13,7 @@ from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM
 from babylm_ds.models.card import CARD_FILES, update_scores
 from babylm_ds.models.registry import family_names, load_family
 from babylm_ds.models.remote_code import generate
-from babylm_ds.training import export_hf
+from babylm_ds.training.trainer import export_hf
 from launch import ROOT
 
 # Refuses every import of babylm_ds, whatever sys.path holds (the venv has it installed in editable mode).

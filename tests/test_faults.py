@@ -19,7 +19,7 @@ from babylm_ds.cache import TeacherCache, claim_cache, load_manifest
 from babylm_ds.data import verify_data
 from babylm_ds.data.pack import fingerprint
 from babylm_ds.models import check_model_arg
-from babylm_ds.training import add_train_args
+from babylm_ds.config import parse
 from babylm_ds.training.guard import check_train_args, claim_out, seal_checkpoint, verify_checkpoint
 from babylm_ds.utils.cli import EchoedError, run_cli
 from babylm_ds.utils.io import lock_dir
@@ -27,8 +27,8 @@ from launch import HANG_S, LAUNCH_ENV, ROOT
 from test_cache import build, make_config, tree
 
 
-def _args(*argv):
-    return add_train_args(argparse.ArgumentParser()).parse_args(["--model", "m", "--data", "d", "--out", "o", *argv])
+def _cfg(*argv):
+    return parse("pretrain", ["--model", "m", "--data", "d", "--out", "o", *argv])
 
 
 def test_run_cli_one_line_and_debug(capsys, monkeypatch):
@@ -90,10 +90,10 @@ def test_agreed_error_is_printed_by_one_rank(capfd):
 def test_train_args_and_model_vocab_checked_up_front(tmp_path):
     for lr in ("1e38", "1e6", "0", "-1", "nan"):
         with pytest.raises(ValueError, match="--lr .* out of range"):
-            check_train_args(_args("--lr", lr))
-    check_train_args(_args("--lr", "1"))
+            check_train_args(_cfg("--lr", lr))
+    check_train_args(_cfg("--lr", "1"))
     with pytest.raises(ValueError, match="--resume .* --force"):
-        check_train_args(_args("--resume", "--force"))
+        check_train_args(_cfg("--resume", "--force"))
     with pytest.raises(ValueError, match="vocab_size=500: the vocabulary size comes from the data"):
         check_model_arg("llama-tiny", 1000, {"vocab_size": 500})
     from babylm_ds.models import build_model
@@ -198,14 +198,14 @@ def test_lock_refuses_a_second_owner_and_frees_with_it_and_its_temp_files(tmp_pa
 def test_out_with_finished_work_needs_resume_or_force(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="nothing to resume"):
-        claim_out(_args("--out", str(out), "--resume"))
+        claim_out(_cfg("--out", str(out), "--resume").run)
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "latest").write_text("step4")
     (out / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(ValueError, match="holds an earlier run .*--resume .*--force"):
-        claim_out(_args("--out", str(out)))
-    claim_out(_args("--out", str(out), "--resume"))
-    claim_out(_args("--out", str(out), "--force"))
+        claim_out(_cfg("--out", str(out)).run)
+    claim_out(_cfg("--out", str(out), "--resume").run)
+    claim_out(_cfg("--out", str(out), "--force").run)
     assert sorted(os.listdir(out)) == [".lock"]
 
 

@@ -9,7 +9,7 @@ from babylm_ds.evaluation import cli as eval_cli
 from babylm_ds.evaluation import load_tasks, read_benchmark, score_texts
 from babylm_ds.evaluation.harness import TASK_DIR, evaluate_harness, task_files
 from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM
-from babylm_ds.training import export_hf
+from babylm_ds.training.trainer import export_hf
 from test_eval import bpe_tokenizer
 
 TASKS = ["blimp/adjunct_island", "blimp/anaphor_gender_agreement", "supplement/hypernym", "ewok/agent-properties",

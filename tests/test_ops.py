@@ -256,3 +256,23 @@ def test_extension_built_with_cuda_when_toolchain_present():
     if os.environ.get("BABYLM_DS_CUDA") == "0" or torch.version.cuda is None or CUDA_HOME is None:
         pytest.skip("torch without CUDA or no nvcc: the extension is CPU-only by design")
     assert _C.has_cuda()
+
+
+def test_chunk_length_is_one_constant_per_language():
+    """Python: ops/hgrn2/chunk.py (the Triton backend takes it from there); C++/CUDA: csrc/hgrn2_common.h
+    (the tiles take it from there). The two agree."""
+    import re
+    from pathlib import Path
+
+    from babylm_ds.ops.hgrn2 import chunk
+
+    root = Path(__file__).resolve().parents[1]
+    header = (root / "csrc" / "hgrn2_common.h").read_text()
+    assert re.findall(r"constexpr int kChunk = (\d+);", header) == [str(chunk.CHUNK)]
+    assert re.findall(r"constexpr int kSub = (\d+);", header) == [str(chunk.SUB)]
+    for path in [*(root / "csrc").glob("*.h"), *(root / "csrc").glob("*.c*")]:
+        if path.name != "hgrn2_common.h":
+            assert not re.search(r"constexpr int kChunk\s*=", path.read_text()), path.name
+    for path in [*(root / "babylm_ds").rglob("*.py"), *(root / "benchmarks").glob("*.py")]:
+        if path.name != "chunk.py":  # no other module writes the number down
+            assert not re.search(r"^(CHUNK|BT|C)(, \w+)? = \d", path.read_text(), re.M), path.name

@@ -1,5 +1,5 @@
-"""Smoke run of the end-to-end job (`launchers/pipeline.py`) on a tiny budget: every stage's output exists
-and verifies, and a second run skips everything (resumable)."""
+"""Smoke run of the end-to-end job (`launchers/pipeline.py`, the study of studies/demo.yaml) on a tiny budget:
+every stage's output exists and verifies, and a second run skips everything (resumable)."""
 import json
 import os
 import subprocess
@@ -29,29 +29,31 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     rc, log = _run(["--out", str(out), *TINY], tmp_path / "run1.log")
     assert rc == 0, log[-4000:]
     assert (out / "data" / "meta.json").is_file() and (out / "data" / "tokenizer" / "tokenizer.json").is_file()
-    runs = ["teacher-llama-tiny", "teacher-gpt2-tiny", "student-kd", "student-nokd"]
+    runs = ["teacher-llama-tiny-lr0.003-s0", "teacher-gpt2-tiny-lr0.003-s0", "student-lr0.003-s0", "student-kd-s0"]
     for run in runs:
         assert json.loads((out / "runs" / run / "summary.json").read_text())["steps"] == 3
         assert (out / "runs" / run / "final" / "manifest.json").is_file()
-    assert (out / "cache" / "manifest.json").is_file()
+        assert (out / "runs" / run / "config.yaml").is_file()
+    assert (out / "cache" / "student-kd-s0" / "manifest.json").is_file()
     # the terminal shows stages and results, not DeepSpeed's launcher lines; those stay in the stage logs
     assert "Unable to find hostfile" not in log and "] [INFO] [" not in log
-    assert "Unable to find hostfile" in (out / "logs" / "teacher-llama-tiny.log").read_text()
+    assert "Unable to find hostfile" in (out / "logs" / "teacher-llama-tiny-lr0.003-s0.log").read_text()
     # the distilled student: self-contained (auto_map), its card names the teachers and the eval's scores
-    final = out / "runs" / "student-kd" / "final"
+    final = out / "runs" / "student-kd-s0" / "final"
     assert json.loads((final / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"].startswith("modeling_")
     card = (final / "README.md").read_text()
-    assert "teacher-llama-tiny/final (llama" in card and "| blimp |" in card and "first 1 items per paradigm" in card
-    names = ["teacher-llama-tiny", "teacher-gpt2-tiny", "student-kd-babyhgrn-tiny", "student-nokd-babyhgrn-tiny"]
-    results = json.loads((out / "results.json").read_text())
-    assert sorted(results) == sorted(names)
-    for name in names:
-        res = results[name]
+    assert "teacher-llama-tiny-lr0.003-s0/final (llama" in card and "| blimp |" in card
+    assert "first 1 items per paradigm" in card
+    for run in runs:
+        res = json.loads((out / "eval" / f"{run}.json").read_text())[run]
         assert {b: res[b]["pairs"] for b in ("blimp", "supplement", "ewok")} == {"blimp": 67, "supplement": 5, "ewok": 11}
         assert 0 <= res["macro"] <= 1 and res["perplexity"]["perplexity"] > 1
-    table = (out / "results.md").read_text()
-    assert all(n in table for n in names) and "| macro |" in table
-    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    study = json.loads((out / "study.json").read_text())
+    assert set(study["final"]) == {"teacher-llama-tiny", "teacher-gpt2-tiny", "student", "student-kd"}
+    assert set(study["differences"]) >= {"student-kd - student"}
+    table = (out / "study.md").read_text()
+    assert all(f"| {g} |" in table for g in study["final"]) and "| macro |" in table
+    assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
     stamps = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
     assert len(stamps) == 10 and all(s["done"] for s in stamps.values())
 
@@ -59,16 +61,17 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     assert rc == 0, log[-4000:]
     assert log.count("up to date, skipped") == 10 and "$ " not in log  # nothing re-run
 
-    # DeepSpeed checkpoints load like the exported model, with or without final/ (then via args.json)
+    # DeepSpeed checkpoints load like the exported model, with or without final/ (then via config.yaml)
     import torch
     from babylm_ds.evaluation import load_model
     x = torch.randint(3, 500, (2, 12))
-    ref = load_model(out / "runs" / "student-kd" / "final")[0](x).logits
-    assert torch.allclose(load_model(out / "runs" / "student-kd" / "checkpoints")[0](x).logits, ref, atol=1e-5)
-    (out / "runs" / "student-kd" / "final").rename(out / "runs" / "student-kd" / "exported")
-    model, tok = load_model(out / "runs" / "student-kd")
+    kd = out / "runs" / "student-kd-s0"
+    ref = load_model(kd / "final")[0](x).logits
+    assert torch.allclose(load_model(kd / "checkpoints")[0](x).logits, ref, atol=1e-5)
+    (kd / "final").rename(kd / "exported")
+    model, tok = load_model(kd)
     assert torch.allclose(model(x).logits, ref, atol=1e-5) and tok.bos_token_id == 1
-    gen = subprocess.run([sys.executable, "-m", "babylm_ds.cli", "generate", "--model", str(out / "runs" / "student-kd"),
+    gen = subprocess.run([sys.executable, "-m", "babylm_ds.cli", "generate", "--model", str(kd),
                           "--prompt", "London was", "--greedy", "--max-new-tokens", "5"], capture_output=True, text=True)
     assert gen.returncode == 0 and gen.stdout.startswith("London was"), gen.stderr[-2000:]
 

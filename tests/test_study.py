@@ -43,6 +43,10 @@ def test_example_specs_load_and_plan():
      "students.s.arch must name an architecture"),
     ("architectures: {a: {model: llama-tiny, lrs: [0.001]}}\nstudents: {s: {arch: a, teachers: [x]}}\n",
      "students.s.teachers must list architectures"),
+    ("architectures: {a: {model: llama-tiny, lrs: [0.001]}}\ntraining: {launcher: slurm}\n",
+     "training.launcher must be one of deepspeed, torchrun, python, got 'slurm'"),
+    ("architectures: {a: {model: llama-tiny, lrs: [0.001], training: {max_steps: 2.5}}}\n",
+     "architectures.a.training.max_steps must be an integer"),
     ("architectures: [\n", "not valid YAML"),
 ])
 def test_bad_specs_are_refused_with_one_line_naming_the_file(tmp_path, text, needle):

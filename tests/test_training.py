@@ -1,5 +1,4 @@
 """DeepSpeed training: schedule, sampler, config checks, and multi-process ZeRO runs on CPU (gloo)."""
-import argparse
 import json
 import math
 import os
@@ -13,7 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from babylm_ds.training import ResumableSampler, add_train_args, build_ds_config, build_scheduler, lr_factor
+from babylm_ds.config import parse
+from babylm_ds.training.config import build_ds_config
+from babylm_ds.training.sampler import ResumableSampler
+from babylm_ds.training.schedule import build_scheduler, lr_factor
 from babylm_ds.training.dist import free_port
 from launch import HANG_S, LAUNCH_ENV, ROOT, read_metrics
 
@@ -24,8 +26,8 @@ DEEPSPEED = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 
 
-def _args(*argv):
-    return add_train_args(argparse.ArgumentParser()).parse_args(["--model", "m", "--data", "d", "--out", "o", *argv])
+def _cfg(*argv):
+    return parse("pretrain", ["--model", "m", "--data", "d", "--out", "o", *argv])
 
 
 def _start(launcher, out, *extra, env=None, log=None):
@@ -118,25 +120,25 @@ def test_sampler_positions_resume_and_shard():
 
 
 def test_ds_config_overrides_and_errors(tmp_path):
-    cfg = build_ds_config(_args("--ds_config", str(ROOT / "ds_configs/zero2.json"), "--micro-batch", "3",
+    cfg = build_ds_config(_cfg("--ds_config", str(ROOT / "ds_configs/zero2.json"), "--micro-batch", "3",
                                 "--grad-accum", "2", "--bf16", "--clip", "0.5"), world_size=4)
     sizes = cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"], cfg["train_batch_size"]
     assert sizes == (3, 2, 24)
     assert cfg["bf16"]["enabled"] and cfg["gradient_clipping"] == 0.5 and cfg["zero_optimization"]["stage"] == 2
-    cfg = build_ds_config(_args("--ds_config", str(ROOT / "ds_configs/zero3_offload.json"), "--lr", "0.01"), 2)
+    cfg = build_ds_config(_cfg("--ds_config", str(ROOT / "ds_configs/zero3_offload.json"), "--lr", "0.01"), 2)
     assert cfg["optimizer"]["params"]["lr"] == 0.01 and cfg["train_batch_size"] == 16  # micro 8 from the JSON
     for name in ("zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"):
         assert "auto" not in (ROOT / f"ds_configs/{name}.json").read_text()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train_batch_size": 999, "zero_optimization": {"stage": 2}}))
     with pytest.raises(ValueError, match=r"train_batch_size=999 .* = 16"):
-        build_ds_config(_args("--ds_config", str(bad), "--micro-batch", "4", "--grad-accum", "2"), 2)
+        build_ds_config(_cfg("--ds_config", str(bad), "--micro-batch", "4", "--grad-accum", "2"), 2)
     bad.write_text(json.dumps({"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}))
     with pytest.raises(ValueError, match="zero_optimization.reduce_bucket_size"):
-        build_ds_config(_args("--ds_config", str(bad)), 1)
+        build_ds_config(_cfg("--ds_config", str(bad)), 1)
     bad.write_text(json.dumps({"scheduler": {"type": "WarmupLR"}}))
     with pytest.raises(ValueError, match="scheduler"):
-        build_ds_config(_args("--ds_config", str(bad)), 1)
+        build_ds_config(_cfg("--ds_config", str(bad)), 1)
 
 
 def test_cli_batch_size_mismatch_is_one_line_error(tiny_data_dir, tmp_path):
@@ -191,3 +193,75 @@ def test_zero3_two_nodes_without_ssh(tiny_data_dir, tmp_path):
     assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2]) - 0.5
     summary = _check_export(out, tiny_data_dir)
     assert summary["world_size"] == 2 and summary["steps"] == 8
+
+
+def test_callbacks_run_dev_and_saves_once_per_step_and_a_stop_saves_without_dev():
+    """The loop's side effects as the callbacks schedule them: dev loss every 2 steps and at epoch ends, a
+    checkpoint every 3 steps and at the end, never twice for one step; a stop request ends with a checkpoint
+    and no dev loss; the fault hook poisons only its rank and step."""
+    from types import SimpleNamespace
+
+    from babylm_ds.training.callbacks import Checkpoint, DevLoss, FaultInjection, TrainState
+
+    calls = []
+    t = SimpleNamespace(rank=1, dev=lambda step: calls.append(("dev", step)) or 1.5,
+                        save=lambda step: calls.append(("save", step)))
+    callbacks, s = [FaultInjection("1:2:nan"), DevLoss(2), Checkpoint(3)], TrainState()
+
+    def emit(hook):
+        for c in callbacks:
+            getattr(c, hook)(t, s)
+
+    poisoned = []
+    for step in range(1, 7):
+        emit("on_step_start")
+        poisoned.append(s.poison)
+        s.step = step
+        emit("on_step_end")
+        if step == 4:
+            emit("on_epoch_end")  # dev already done at step 4: not again
+    emit("on_train_end")
+    assert poisoned == [False, False, True, False, False, False]  # before step 3, i.e. once 2 steps are done
+    assert calls == [("dev", 2), ("save", 3), ("dev", 4), ("dev", 6), ("save", 6)]
+    assert (s.last_dev, s.last_save, s.dev_loss) == (6, 6, 1.5)
+    calls.clear()
+    s.step, s.stop = 7, "stop requested"
+    emit("on_train_end")
+    assert calls == [("save", 7)]
+
+
+STOP = """
+import sys
+from babylm_ds.config import parse
+from babylm_ds.training.callbacks import Callback, default_callbacks
+from babylm_ds.training.pretrain import pretrain
+
+class StopAt(Callback):  # what a "stop requested -> save -> exit" hook looks like
+    def on_step_end(self, t, s):
+        if s.step == 4:
+            s.stop = "stop requested"
+
+cfg = parse("pretrain", sys.argv[1:])
+summary = pretrain(cfg, default_callbacks(cfg) + [StopAt()])
+assert summary["stopped"] == "stop requested" and summary["steps"] == 4, summary
+"""
+
+
+@pytest.mark.slow
+def test_stop_callback_saves_and_resume_is_exact(tiny_data_dir, tmp_path):
+    """One more callback stops a run after step 4: it ends checkpointed at step 4, not exported; --resume
+    then gives the uninterrupted run's per-step losses bit for bit."""
+    common = ["--data", str(tiny_data_dir), "--max-steps", "8", "--eval-every", "4"]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    _ok(_finish(_start([sys.executable], full, *common), f"{full}.log"), full)
+    with open(f"{stopped}.log", "w") as f:
+        proc = subprocess.run([sys.executable, "-c", STOP, *TINY, *common, "--out", str(stopped)], stdout=f,
+                              stderr=subprocess.STDOUT, env={**os.environ, **LAUNCH_ENV}, cwd=ROOT, timeout=HANG_S)
+    _ok(proc.returncode, stopped)
+    assert (stopped / "checkpoints" / "latest").read_text() == "step4"
+    assert not (stopped / "final").exists() and not (stopped / "summary.json").exists()
+    assert max(read_metrics(stopped, "train/loss")) == 4 and list(read_metrics(stopped, "dev/loss")) == [4]
+    _ok(_finish(_start([sys.executable], stopped, *common, "--resume"), f"{stopped}.log"), stopped)
+    assert read_metrics(stopped, "train/loss") == read_metrics(full, "train/loss")
+    assert read_metrics(stopped, "dev/loss") == read_metrics(full, "dev/loss")
+    assert (stopped / "final" / "model.safetensors").is_file()

@@ -12,11 +12,12 @@ import torch
 from datasets import Dataset, Features, Sequence, Value
 from tqdm import tqdm
 
+from ..config import Data
 from ..utils.io import atomic_write_bytes, check_schema, read_json, sha256_file
 from .tokenizer import BOS_ID, EOS_ID, load_tokenizer, tokenizer_hash
 
 FORMAT_VERSION = 1
-SHARD_SEQUENCES = 65536  # 16 MiB per shard at seq_len 128
+SHARD_SEQUENCES = Data.shard_sequences
 META_SCHEMA = {"format_version": int, "seq_len": int, "vocab_size": int, "tokenizer_hash": str, "fingerprint": str,
                "splits": {"train": dict, str: {"shards": [{"path": str, "sha256": str, "num_sequences": int}]}}}
 

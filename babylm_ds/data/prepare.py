@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import Data
 from ..utils.io import atomic_write_json
 from .corpus import count_words, read_corpus
 from .pack import FORMAT_VERSION, SHARD_SEQUENCES, fingerprint, pack, tokenize_documents, write_shards
@@ -37,8 +38,9 @@ def split_documents(doc_words, dev_fraction, seed, min_words=0):
     return np.setdiff1d(np.arange(n), dev).tolist(), dev.tolist()
 
 
-def prepare_data(out_dir, corpus=None, word_budget="10M", seq_len=128, vocab_size=16000, dev_fraction=0.02,
-                 seed=0, num_proc=2, max_words=None, force=False, shard_sequences=SHARD_SEQUENCES):
+def prepare_data(out_dir, corpus=None, word_budget=Data.word_budget, seq_len=Data.seq_len, vocab_size=Data.vocab_size,
+                 dev_fraction=Data.dev_fraction, seed=0, num_proc=Data.num_proc, max_words=None, force=False,
+                 shard_sequences=SHARD_SEQUENCES):
     """Prepare `corpus` (file or dir; None: the embedded corpus) into `out_dir`; returns the meta.
 
     Documents are wrapped `<s> doc </s>`, concatenated per split in corpus order and cut into

@@ -1,5 +1,4 @@
 """Load a model to evaluate: an HF causal-LM dir, a training output dir, or a DeepSpeed checkpoint."""
-import json
 import os
 
 import torch
@@ -33,21 +32,24 @@ def _deepspeed_ckpt(path):
 
 def _empty_model(ckpt_dir):
     """(model with the checkpoint's architecture, tokenizer dir): from the nearest config.json, else
-    by re-running the training launcher's model construction from the run's args.json."""
+    by re-running the training launcher's model construction from the run's config.yaml."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if cfg_dir := _find_up(ckpt_dir, "config.json"):
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg_dir)), _find_up(ckpt_dir, "tokenizer_config.json")
-    run_dir = _find_up(ckpt_dir, "args.json")
+    run_dir = _find_up(ckpt_dir, "config.yaml")
     if run_dir is None:
         return None, None
-    with open(os.path.join(run_dir, "args.json")) as f:
-        run = json.load(f)
-    from babylm_ds.data import load_meta
-    from babylm_ds.models import model_from_arg, parse_overrides
+    import yaml
 
-    model = model_from_arg(run["model"], load_meta(run["data"])["vocab_size"], parse_overrides(run["model_config"]))
-    return model, os.path.join(run["data"], "tokenizer")
+    from babylm_ds.config import from_dict
+    from babylm_ds.data import load_meta
+    from babylm_ds.models import model_from_arg
+
+    with open(os.path.join(run_dir, "config.yaml")) as f:
+        cfg = from_dict(yaml.safe_load(f))
+    model = model_from_arg(cfg.model.name, load_meta(cfg.data.dir)["vocab_size"], cfg.model.config)
+    return model, os.path.join(cfg.data.dir, "tokenizer")
 
 
 def load_model(path, device="cpu", dtype=None):
@@ -57,7 +59,7 @@ def load_model(path, device="cpu", dtype=None):
     - a training output dir `OUT` (uses `OUT/final/`, else its newest DeepSpeed checkpoint);
     - a DeepSpeed checkpoint dir (`OUT/checkpoints`, with `latest`) or a tag dir in it: ZeRO shards are
       merged with deepspeed's zero_to_fp32; the architecture comes from the nearest config.json up
-      the tree, else from the run's `args.json` (model preset + overrides, tokenizer of its --data).
+      the tree, else from the run's `config.yaml` (model preset + overrides, tokenizer of its --data).
     """
     import babylm_ds.models  # noqa: F401  (registers BabyHGRN with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,7 +76,7 @@ def load_model(path, device="cpu", dtype=None):
         model, tok_dir = _empty_model(found[0]) if found else (None, None)
         if model is None:
             raise ValueError(f"{path} is neither an HF model dir (config.json) nor a DeepSpeed checkpoint "
-                             "(a dir with `latest`, or a tag dir with *model_states.pt) of a run with config.json or args.json")
+                             "(a dir with `latest`, or a tag dir with *model_states.pt) of a run with config.json or config.yaml")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(found[0], tag=found[1])

@@ -1,6 +1,8 @@
 """HGRN2 token mixer ("HGRN2: Gated Linear RNNs with State Expansion", Qin et al. 2024) and SwiGLU MLP.
 
 Parameter names follow fla's `HGRN2Attention` / `GatedMLP`, so state dicts load both ways.
+
+Inlined into exported models (models/remote_code.py): keeps the rules in models/export_rules.py.
 """
 import torch
 import torch.nn as nn

@@ -6,8 +6,7 @@ registration does not pay for the Llama / GPT-2 / Mamba modeling imports.
 from babylm_ds.models.babyhgrn import BabyHGRNConfig, BabyHGRNForCausalLM, BabyHGRNModel, HGRN2Cache
 from babylm_ds.models.lstm import BabyLSTMCache, BabyLSTMConfig, BabyLSTMForCausalLM, BabyLSTMModel
 
-_ZOO = ("PRESETS", "build_model", "check_model_arg", "count_parameters", "model_from_arg", "parse_overrides",
-        "preset_names")
+_ZOO = ("PRESETS", "build_model", "check_model_arg", "count_parameters", "model_from_arg", "preset_names")
 
 __all__ = ["BabyHGRNConfig", "BabyHGRNForCausalLM", "BabyHGRNModel", "HGRN2Cache",
            "BabyLSTMCache", "BabyLSTMConfig", "BabyLSTMForCausalLM", "BabyLSTMModel", *_ZOO]

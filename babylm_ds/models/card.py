@@ -46,15 +46,15 @@ def launch_command(world_size, argv=None):
     return shlex.join(prefix + [script] + argv[1:])
 
 
-def facts(args, summary, command, ds_config, extra=None):
-    """The card's facts (all but the architecture) of a run of a launcher with `args` (argparse namespace)."""
+def facts(cfg, summary, command, ds_config, extra=None):
+    """The card's facts (all but the architecture) of a training run of Config `cfg`."""
     return {
-        "name": os.path.basename(os.path.normpath(args.out)),
-        "data": _data_facts(args.data),
+        "name": os.path.basename(os.path.normpath(cfg.run.out)),
+        "data": _data_facts(cfg.data.dir),
         "training": {"command": command, "steps": summary["steps"], "world_size": summary["world_size"],
                      "train_tokens": summary["train_tokens"], "train_loss": summary["train_loss"],
-                     "dev_loss": summary["dev_loss"], "seed": args.seed, "lr": args.lr, "schedule": args.schedule,
-                     "micro_batch": ds_config["train_micro_batch_size_per_gpu"],
+                     "dev_loss": summary["dev_loss"], "seed": cfg.run.seed, "lr": cfg.optim.lr,
+                     "schedule": cfg.optim.schedule, "micro_batch": ds_config["train_micro_batch_size_per_gpu"],
                      "grad_accum": ds_config["gradient_accumulation_steps"],
                      "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0),
                      "bf16": bool(ds_config.get("bf16", {}).get("enabled"))},

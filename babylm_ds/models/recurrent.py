@@ -1,5 +1,7 @@
 """What the recurrent LM families (BabyHGRN, BabyLSTM) share: a state cache, so `generate()` feeds one token
-per step, the base model's forward over a stack of recurrent layers, and the causal-LM head on top."""
+per step, the base model's forward over a stack of recurrent layers, and the causal-LM head on top.
+
+Inlined into exported models (models/remote_code.py): keeps the rules in models/export_rules.py."""
 import torch.nn as nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, LinearAttentionLayer

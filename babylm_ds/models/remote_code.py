@@ -7,6 +7,7 @@ layer, the op's dispatcher and its chunked PyTorch backend). Comments and code a
 only the project imports are dropped and the third-party imports hoisted. Imports of the project
 inside functions (the compiled / Triton kernels, always under `try: ... except ImportError`) stay,
 so the folder runs with torch + transformers alone and uses babylm_ds's kernels where it is installed.
+The inlined modules keep the rules stated in `models/export_rules.py` (checked by tests/test_export_rules.py).
 """
 import ast
 import copy

@@ -97,23 +97,6 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def parse_overrides(pairs):
-    """`key=value` model-config overrides; values parsed as int, float, bool or kept as strings."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--model-config expects key=value, got {pair!r}")
-        for cast in (int, float, {"true": True, "false": False}.__getitem__):
-            try:
-                value = cast(value)
-                break
-            except (ValueError, KeyError):
-                pass
-        out[key] = value
-    return out
-
-
 def check_model_arg(name, vocab_size, overrides):
     """ValueError unless --model names a preset or an HF dir whose vocabulary is the data's `vocab_size`,
     and the --model-config overrides leave the vocabulary alone (it comes from the data)."""

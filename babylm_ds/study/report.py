@@ -2,7 +2,6 @@
 epoch, final scores with 95% bootstrap intervals over items, and paired differences (architectures
 against each other, each student against its no-KD twin). Written as study.{md,json,png}."""
 import json
-import os
 
 import numpy as np
 
@@ -43,8 +42,8 @@ def _fmt(row, value, ci=None):
 
 
 def build(spec, steps, sweep, students, best, summaries, evals, metrics, params):
-    """The report as a dict (JSON-ready, with "markdown"); `params`: {architecture: parameter count}."""
-    per_epoch, total = steps
+    """The report as a dict (JSON-ready, with "markdown"); `steps`: {run name: (steps per epoch, steps)},
+    `params`: {architecture: parameter count}."""
     n_boot = spec["evaluation"]["bootstrap"]
     benchmarks = [b for b in ("blimp", "supplement", "ewok") if b in spec["evaluation"]["tasks"].split(",")]
     groups = {arch: [r.name for r in sweep if r.arch == arch and r.lr == best[arch]] for arch in spec["architectures"]}
@@ -65,9 +64,12 @@ def build(spec, steps, sweep, students, best, summaries, evals, metrics, params)
                             for r in ROWS if r in reps[a] and r in reps[b]} for a, b in pairs}
     sweep_table = {r.name: {"arch": r.arch, "lr": r.lr, "seed": r.seed, "dev_loss": summaries[r.name]["dev_loss"],
                             "selected": r.lr == best[r.arch]} for r in sweep}
-    result = {"name": spec["name"], "steps": total, "steps_per_epoch": per_epoch, "selected_lr": best,
+    result = {"name": spec["name"], "steps": {n: s[1] for n, s in steps.items()},
+              "steps_per_epoch": {n: s[0] for n, s in steps.items()}, "selected_lr": best,
               "sweep": sweep_table, "final": final, "differences": diffs,
-              "curves": {n: curves(p, per_epoch) for n, p in metrics.items()},
+              "scores": eval_report.markdown_table({g: evals[names[0]] for g, names in groups.items()
+                                                    if len(names) == 1} or {n: evals[n] for n in evals}),
+              "curves": {n: curves(p, steps[n][0]) for n, p in metrics.items()},
               "tokens_per_s": {n: s.get("tokens_per_s") for n, s in summaries.items()}}
     result["markdown"] = markdown(spec, result)
     return result
@@ -83,10 +85,14 @@ def markdown(spec, res):
     items = "every item" if e["final_limit"] is None else f"the first {e['final_limit']} items per paradigm"
     rows = [r for r in ROWS if any(r in f for f in res["final"].values())]
     lrs = ", ".join(f"{a} {len(x['lrs'])}" for a, x in spec["architectures"].items())
+    steps = {}
+    for name, r in res["sweep"].items():
+        steps.setdefault(r["arch"], res["steps"][name])
+    steps = (f"{next(iter(steps.values()))} steps" if len(set(steps.values())) == 1 else
+             "steps " + ", ".join(f"{a} {n}" for a, n in steps.items()))
     lines = [f"# Study `{res['name']}`", "",
-             f"Learning rates per architecture: {lrs}; {len(spec['seeds'])} seed(s); {spec['training']['epochs']:g} "
-             f"epoch(s) = {res['steps']} steps of {spec['training']['micro_batch'] * spec['training']['grad_accum']} x "
-             f"{spec['data']['seq_len']} tokens per rank. The lr of each architecture is selected on final dev loss "
+             f"Learning rates per architecture: {lrs}; {len(spec['seeds'])} seed(s); {steps} of "
+             f"{spec['data']['seq_len']}-token sequences. The lr of each architecture is selected on final dev loss "
              "(never on the benchmarks below); students train at their architecture's selected lr for the same steps.",
              "", "## Learning-rate sweep (final dev loss; * selected)", "", "| run | lr | dev loss |", "|---|---:|---:|"]
     for name, r in res["sweep"].items():
@@ -104,6 +110,7 @@ def markdown(spec, res):
     for name, d in res["differences"].items():
         lines.append(f"| {name} | " + " | ".join(_fmt(r, d[r]["value"], d[r]["ci95"]) if r in d else "-"
                                                  for r in rows) + " |")
+    lines += ["", f"## Every score (%, {items})", "", res["scores"].rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

@@ -4,29 +4,51 @@ specs with one line naming the file and the key; `sweep_runs` lists the pretrain
 
     data:           {max_words: 1000000, vocab_size: 16000, seq_len: 128}   or   {dir: PREPARED_DIR}
     training:       {epochs: 2, micro_batch: 16, warmup_steps: 50, ...}     every run's settings but the lr
-    architectures:  {hgrn2: {model: babyhgrn-cpu, lrs: [1e-3, 3e-3], config: {KEY: VALUE}}, ...}
+    architectures:  {hgrn2: {model: babyhgrn-cpu, lrs: [1e-3, 3e-3], config: {KEY: VALUE}, training: {...}}, ...}
     seeds:          [0]
     students:       {hgrn2-kd: {arch: hgrn2, teachers: [hgrn2], alpha: 0.5, temperature: 2.0, k: 64}}
-    evaluation:     {tasks: blimp,supplement,ewok, epoch_limit: 100, final_limit: null, bootstrap: 1000}
+    evaluation:     {tasks: blimp,supplement,ewok, epoch_tasks: null, epoch_limit: 100, final_limit: null, ...}
 
-A student trains the preset of `arch` at that architecture's selected lr, for the same steps and
-seeds, from the cached logits of the selected runs of `teachers` (several: an ensemble); its no-KD
-twin is the selected run of `arch` itself.
+Every key is a field of the configuration tree (`babylm_ds.config`; `SECTIONS` and `STRUCTURE` map them),
+with the tree's defaults: `data` the data fields, `training` the optimisation and run fields and the
+dev-loss settings, `evaluation` the zero-shot ones, a student's keys the distillation and cache fields.
+An architecture's `training` overrides the shared section for its runs and its students (e.g. max_steps).
+A student trains the preset of `arch` at that architecture's selected lr, for the same steps and seeds,
+from the cached logits of the selected runs of `teachers` (several: an ensemble); its no-KD twin is the
+selected run of `arch` itself.
 """
 import json
 import os
 from dataclasses import dataclass, field
 
-DEFAULTS = {
-    "data": {"dir": None, "corpus": None, "max_words": None, "word_budget": "10M", "vocab_size": 16000,
-             "seq_len": 128, "seed": 0},
-    "training": {"epochs": 1.0, "micro_batch": 16, "grad_accum": 1, "warmup_steps": 50, "schedule": "cosine",
-                 "weight_decay": 0.1, "min_lr_ratio": 0.1, "clip": 1.0, "save_every": 100, "world_size": 1,
-                 "launcher": "deepspeed", "ds_config": "ds_configs/zero1.json", "dev_max_seqs": None, "bf16": False},
-    "evaluation": {"tasks": "blimp,supplement,ewok", "epoch_limit": 100, "final_limit": None, "bootstrap": 1000},
+from babylm_ds.config import FIELDS, check_value
+
+
+def _paths(*items, skip=()):
+    """{spec key: tree path} of every field of the sections/paths in `items` but `skip`."""
+    paths = [p for item in items for p in FIELDS if p == item or p.startswith(item + ".")]
+    return {p.split(".")[1]: p for p in paths if p not in skip}
+
+
+# {spec section: {key: tree path}}
+SECTIONS = {
+    "data": _paths("data"),
+    "training": _paths("optim", "run", "evaluation.eval_every", "evaluation.dev_max_seqs",
+                       skip=("optim.lr", "run.out", "run.resume", "run.force", "run.seed", "run.local_rank",
+                             "run.threads")),
+    "evaluation": _paths("evaluation", skip=("evaluation.eval_every", "evaluation.dev_max_seqs")),
+    "students": _paths("distill", "cache", skip=("distill.preset", "distill.teacher_cache", "distill.teachers",
+                                                 "distill.beta", "distill.layer_map")),
 }
-ARCH_KEYS = {"model", "lrs", "config"}
-STUDENT_DEFAULTS = {"arch": None, "teachers": None, "alpha": 0.5, "temperature": 2.0, "k": 64}
+# The spec's own structure: what each of its other keys sets in a run's configuration.
+STRUCTURE = {"architectures.*.model": "model.name", "architectures.*.lrs": "optim.lr (one run each)",
+             "architectures.*.config": "model.config", "architectures.*.training": "the training section's fields",
+             "seeds": "run.seed (one run each)", "students.*.arch": "model.name (the architecture's)",
+             "students.*.teachers": "distill.teacher_cache (their selected runs' cached logits)"}
+DEFAULTS = {section: {key: FIELDS[path].default for key, path in keys.items()}
+            for section, keys in SECTIONS.items() if section != "students"}
+STUDENT_DEFAULTS = {"arch": None, "teachers": None, **{k: FIELDS[p].default for k, p in SECTIONS["students"].items()}}
+ARCH_KEYS = {"model", "lrs", "config", "training"}
 
 
 class SpecError(ValueError):
@@ -43,6 +65,7 @@ class Run:
     seed: int
     config: dict = field(default_factory=dict, hash=False)
     student: str | None = None  # name of the students entry for a distillation run
+    training: dict = field(default_factory=dict, hash=False)  # the architecture's training overrides
 
 
 def _read(path):
@@ -62,13 +85,20 @@ def _read(path):
                         f"{' '.join(str(e).split())}") from None
 
 
-def _merge(path, section, given, defaults):
+def _merge(path, where, given, defaults, keys):
+    """`given` (a mapping of the spec at `where`) over `defaults`, each value checked against its field."""
     if given is None:
         given = {}
     if not isinstance(given, dict):
-        raise SpecError(f"{path}: '{section}' must be a mapping")
+        raise SpecError(f"{path}: '{where}' must be a mapping")
     if unknown := sorted(set(given) - set(defaults)):
-        raise SpecError(f"{path}: unknown key(s) {unknown} in '{section}'; known: {sorted(defaults)}")
+        raise SpecError(f"{path}: unknown key(s) {unknown} in '{where}'; known: {sorted(defaults)}")
+    for key, value in given.items():
+        if key in keys:
+            try:
+                check_value(keys[key], value)
+            except ValueError as e:
+                raise SpecError(f"{path}: {where}.{key} {e}") from None
     return {**defaults, **given}
 
 
@@ -80,9 +110,13 @@ def _number(path, where, value, positive=True):
 
 def load_spec(path):
     """The validated spec of file `path` (YAML, or JSON by its .json ending) with defaults filled in."""
+    return check_spec(_read(path), path)
+
+
+def check_spec(raw, path):
+    """The validated spec of the mapping `raw` read from `path` (named in errors), with defaults filled in."""
     from babylm_ds.models.zoo import PRESETS
 
-    raw = _read(path)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: the spec must be a mapping with 'architectures' (and data, training, ...)")
     known = {"name", "data", "training", "architectures", "seeds", "students", "evaluation"}
@@ -90,19 +124,17 @@ def load_spec(path):
         raise SpecError(f"{path}: unknown top-level key(s) {unknown}; known: {sorted(known)}")
     spec = {"name": raw.get("name") or os.path.splitext(os.path.basename(path))[0]}
     for section in ("data", "training", "evaluation"):
-        spec[section] = _merge(path, section, raw.get(section), DEFAULTS[section])
-    t = spec["training"]
-    _number(path, "training.epochs", t["epochs"])
-    if t["launcher"] not in ("deepspeed", "torchrun", "python"):
-        raise SpecError(f"{path}: training.launcher must be deepspeed, torchrun or python, got {t['launcher']!r}")
+        spec[section] = _merge(path, section, raw.get(section), DEFAULTS[section], SECTIONS[section])
+    _number(path, "training.epochs", spec["training"]["epochs"])
     archs = raw.get("architectures")
     if not isinstance(archs, dict) or not archs:
         raise SpecError(f"{path}: 'architectures' must map names to {{model: PRESET, lrs: [...]}}")
     spec["architectures"] = {}
     for name, arch in archs.items():
         if not isinstance(arch, dict) or (unknown := sorted(set(arch) - ARCH_KEYS)) or "model" not in arch:
-            raise SpecError(f"{path}: architectures.{name} must be {{model: PRESET, lrs: [...], config: {{...}}}}"
-                            + (f" (unknown key(s) {unknown})" if isinstance(arch, dict) and unknown else ""))
+            raise SpecError(f"{path}: architectures.{name} must be {{model: PRESET, lrs: [...], config: {{...}}, "
+                            "training: {...}}" + (f" (unknown key(s) {unknown})" if isinstance(arch, dict) and unknown
+                                                  else ""))
         if arch["model"] not in PRESETS and not os.path.isdir(arch["model"]):
             raise SpecError(f"{path}: architectures.{name}.model {arch['model']!r} is not a preset "
                             f"({', '.join(PRESETS)})")
@@ -111,8 +143,12 @@ def load_spec(path):
             raise SpecError(f"{path}: architectures.{name}.lrs must be a non-empty list of learning rates")
         for lr in lrs:
             _number(path, f"architectures.{name}.lrs", lr)
+        training = _merge(path, f"architectures.{name}.training", arch.get("training"), DEFAULTS["training"],
+                          SECTIONS["training"])
         spec["architectures"][name] = {"model": arch["model"], "lrs": [float(x) for x in lrs],
-                                       "config": dict(arch.get("config") or {})}
+                                       "config": dict(arch.get("config") or {}),
+                                       "training": {k: v for k, v in training.items()
+                                                    if k in (arch.get("training") or {})}}
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds):
@@ -120,7 +156,7 @@ def load_spec(path):
     spec["seeds"] = seeds
     spec["students"] = {}
     for name, student in (raw.get("students") or {}).items():
-        student = _merge(path, f"students.{name}", student, STUDENT_DEFAULTS)
+        student = _merge(path, f"students.{name}", student, STUDENT_DEFAULTS, SECTIONS["students"])
         if student["arch"] not in spec["architectures"]:
             raise SpecError(f"{path}: students.{name}.arch must name an architecture of this spec "
                             f"({', '.join(spec['architectures'])})")
@@ -140,12 +176,25 @@ def run_name(arch, lr, seed):
 
 def sweep_runs(spec):
     """The pretraining runs: every architecture x learning rate x seed."""
-    return [Run(run_name(arch, lr, seed), arch, a["model"], lr, seed, a["config"])
+    return [Run(run_name(arch, lr, seed), arch, a["model"], lr, seed, a["config"], training=a["training"])
             for arch, a in spec["architectures"].items() for lr in a["lrs"] for seed in spec["seeds"]]
 
 
 def student_runs(spec, best_lr):
     """The distillation runs, given the selected lr of every architecture."""
-    return [Run(f"{name}-s{seed}", s["arch"], spec["architectures"][s["arch"]]["model"], best_lr[s["arch"]], seed,
-                spec["architectures"][s["arch"]]["config"], student=name)
+    archs = spec["architectures"]
+    return [Run(f"{name}-s{seed}", s["arch"], archs[s["arch"]]["model"], best_lr[s["arch"]], seed,
+                archs[s["arch"]]["config"], student=name, training=archs[s["arch"]]["training"])
             for name, s in spec["students"].items() for seed in spec["seeds"]]
+
+
+def run_values(spec, run):
+    """{tree path: value} of a run's configuration that the spec decides (the study adds paths and ids)."""
+    values = {SECTIONS["data"][k]: v for k, v in spec["data"].items()}
+    values.update({SECTIONS["training"][k]: v for k, v in {**spec["training"], **run.training}.items()})
+    values.update({SECTIONS["evaluation"][k]: v for k, v in spec["evaluation"].items()})
+    values.update({"model.name": run.model, "model.config": run.config, "optim.lr": run.lr, "run.seed": run.seed})
+    if run.student:
+        s = spec["students"][run.student]
+        values.update({SECTIONS["students"][k]: v for k, v in s.items() if k in SECTIONS["students"]})
+    return values

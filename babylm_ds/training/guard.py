@@ -12,42 +12,45 @@ from babylm_ds.utils.io import atomic_write_bytes, atomic_write_json, lock_dir, 
 
 MAX_LR = 1.0  # beyond this an Adam step overflows fp32 (1e38) or wipes out the model (1e6)
 CHECKSUMS = "checksums.json"
-RUN_FILES = ("checkpoints", "final", "final.tmp", "summary.json", "metrics.jsonl", "tb", "args.json", "ds_config.json")
+RUN_FILES = ("checkpoints", "final", "final.tmp", "summary.json", "metrics.jsonl", "tb", "config.yaml", "args.json",
+             "ds_config.json")
 
 
-def check_train_args(args):
-    """ValueError for a flag out of range (no file is read)."""
-    if not (math.isfinite(args.lr) and 0 < args.lr <= MAX_LR):
-        raise ValueError(f"--lr {args.lr:g} is out of range: use 0 < lr <= {MAX_LR:g}")
-    if args.max_steps is not None and args.max_steps < 1 or not (math.isfinite(args.epochs) and args.epochs > 0):
-        raise ValueError(f"--max-steps ({args.max_steps}) must be >= 1 and --epochs ({args.epochs}) > 0")
-    if min(args.warmup_steps, args.save_every, args.eval_every) < 0 or args.log_every < 1:
+def check_train_args(cfg):
+    """ValueError for a setting out of range (no file is read)."""
+    o, run = cfg.optim, cfg.run
+    if not (math.isfinite(o.lr) and 0 < o.lr <= MAX_LR):
+        raise ValueError(f"--lr {o.lr:g} is out of range: use 0 < lr <= {MAX_LR:g}")
+    if o.max_steps is not None and o.max_steps < 1 or not (math.isfinite(o.epochs) and o.epochs > 0):
+        raise ValueError(f"--max-steps ({o.max_steps}) must be >= 1 and --epochs ({o.epochs}) > 0")
+    if min(o.warmup_steps or 0, run.save_every, cfg.evaluation.eval_every) < 0 or run.log_every < 1:
         raise ValueError("--warmup-steps, --save-every and --eval-every must be >= 0, --log-every >= 1")
-    if args.resume and args.force:
+    if run.resume and run.force:
         raise ValueError("--resume continues the run in --out and --force deletes it: give one of them")
 
 
-def resume_dir(args):
-    return os.path.join(args.out, "checkpoints") if args.resume in (None, "auto") else args.resume
+def resume_dir(run):
+    """The checkpoint dir --resume names (`run`: Config.run)."""
+    return os.path.join(run.out, "checkpoints") if run.resume in (None, "auto") else run.resume
 
 
-def claim_out(args):
+def claim_out(run):
     """Rank 0: lock --out; refuse finished work without --resume or --force, and --resume with nothing to
-    resume; --force deletes the earlier run's files."""
-    lock_dir(args.out)
-    if args.force:
+    resume; --force deletes the earlier run's files (`run`: Config.run)."""
+    lock_dir(run.out)
+    if run.force:
         for name in RUN_FILES:
-            path = os.path.join(args.out, name)
+            path = os.path.join(run.out, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.unlink(path)
         return
-    if args.resume:
-        if not os.path.isfile(os.path.join(resume_dir(args), "latest")):
-            raise ValueError(f"--resume: nothing to resume in {resume_dir(args)} (no 'latest' checkpoint); "
+    if run.resume:
+        if not os.path.isfile(os.path.join(resume_dir(run), "latest")):
+            raise ValueError(f"--resume: nothing to resume in {resume_dir(run)} (no 'latest' checkpoint); "
                              "drop --resume to start a new run")
         return
-    done = [n for n in ("checkpoints/latest", "final", "summary.json") if os.path.exists(os.path.join(args.out, n))]
+    done = [n for n in ("checkpoints/latest", "final", "summary.json") if os.path.exists(os.path.join(run.out, n))]
     if done:
-        raise ValueError(f"--out {args.out} holds an earlier run ({', '.join(done)}); pass --resume to continue it, "
+        raise ValueError(f"--out {run.out} holds an earlier run ({', '.join(done)}); pass --resume to continue it, "
                          "--force to replace it, or choose another --out")
 
 
@@ -74,11 +77,11 @@ def verify_checkpoint(ckpt_dir, rank=0, world=1):
     return tag
 
 
-def start_run(args, rank, world):
+def start_run(cfg, rank, world):
     """On every rank, at start: claim --out (rank 0), verify the data and the --resume checkpoint (each rank
     hashes its share); an error on any rank is raised on all. Returns (meta, tag to resume or None)."""
-    build_ds_config(args, world)  # batch sizes and the JSON config, checked before any model is built
-    agree(lambda: rank == 0 and claim_out(args))
-    meta = agree(lambda: verify_data(args.data, rank, world, progress=rank == 0))
-    tag = agree(lambda: verify_checkpoint(resume_dir(args), rank, world)) if args.resume else None
+    build_ds_config(cfg, world)  # batch sizes and the JSON config, checked before any model is built
+    agree(lambda: rank == 0 and claim_out(cfg.run))
+    meta = agree(lambda: verify_data(cfg.data.dir, rank, world, progress=rank == 0))
+    tag = agree(lambda: verify_checkpoint(resume_dir(cfg.run), rank, world)) if cfg.run.resume else None
     return meta, tag

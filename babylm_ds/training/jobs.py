@@ -25,7 +25,7 @@ NOISE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING|DEBUG)\] |Unabl
                    r"|\[transformers\] `loss_type=None`|/[\w./-]+\.py:\d+: \w*Warning: ")
 
 
-class JobError(RuntimeError):
+class JobError(ValueError):
     """A job failed or its output does not verify (one line, for the user)."""
 
 

@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO training loop shared by the pretrain and distill launchers."""
+"""DeepSpeed ZeRO training loop shared by the pretrain and distill launchers; what runs around each step is in
+`callbacks`."""
 import json
 import math
 import os
@@ -13,20 +14,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from babylm_ds.config import dump, updated
 from babylm_ds.models.card import architecture, facts, launch_command, write_card
 from babylm_ds.models.remote_code import with_bos, write_remote_code
-from babylm_ds.training.config import build_ds_config
+from babylm_ds.training.callbacks import TrainState, default_callbacks
+from babylm_ds.training.config import build_ds_config, resolve
 from babylm_ds.training.dist import Watchdog, gather_state_dict, init_distributed
 from babylm_ds.training.guard import resume_dir, seal_checkpoint
 from babylm_ds.training.sampler import ResumableSampler
 from babylm_ds.training.schedule import build_scheduler
-from babylm_ds.utils.cli import EchoedError
-from babylm_ds.utils.io import atomic_path, atomic_write_json, sha256_file
-
-# Fault injection for tests: "rank:step" makes that rank die (os._exit(1)) once `step` optimizer steps are
-# done; "rank:step:hang" makes it stall instead (the others then fail after --dist-timeout); "rank:step:nan"
-# makes its next loss NaN (the run then stops as diverged).
-FAULT_ENV = "BABYLM_DS_FAULT_AT_STEP"
+from babylm_ds.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
 
 
 def collate(items):
@@ -73,47 +70,88 @@ def export_hf(module, state_dict, tokenizer, out_dir, card=None):
 
 
 class Trainer:
-    """Data-parallel ZeRO training of `model` on `train_ds` (items `{"input_ids", "idx"}`).
+    """Data-parallel ZeRO training of `model` on `train_ds` (items `{"input_ids", "idx"}`) as Config `cfg` says.
 
     loss_fn(engine, batch) -> (loss, {name: float}) defaults to causal-LM CE; its extra metrics are
     averaged over micro-steps and ranks and logged. `frozen_modules` (e.g. an online teacher) are put
     on the device in eval mode without gradients (bf16 under --bf16), outside the engine: they are
     neither optimized, checkpointed nor exported. Submodules of `model` that are trained but not part
     of the exported model are named by prefixes in `model.export_exclude` (e.g. ("kd_proj.",)).
-    Dev loss is always the model's own CE. `card`: extra model-card facts (e.g. the distillation teachers)."""
+    Dev loss is always the model's own CE. `card`: extra model-card facts (e.g. the distillation teachers).
+    `callbacks`: what runs around each step (default `callbacks.default_callbacks(cfg)`). `command` (a key
+    of babylm_ds.config.COMMANDS) picks the settings OUT/config.yaml shows."""
 
-    def __init__(self, args, model, train_ds, dev_ds, tokenizer, loss_fn=None, frozen_modules=(), card=None):
-        self.args, self.model, self.train_ds, self.dev_ds, self.tokenizer = args, model, train_ds, dev_ds, tokenizer
-        self.card = card
+    def __init__(self, cfg, model, train_ds, dev_ds, tokenizer, loss_fn=None, frozen_modules=(), card=None,
+                 callbacks=None, command="pretrain"):
+        self.model, self.train_ds, self.dev_ds, self.tokenizer = model, train_ds, dev_ds, tokenizer
+        self.card, self.command = card, command
         self.loss_fn = loss_fn or causal_lm_loss
         self.frozen_modules = list(frozen_modules)
-        self.rank, self.world = init_distributed(args.dist_timeout)
-        self.cfg = build_ds_config(args, self.world)
-        self.micro, self.accum = self.cfg["train_micro_batch_size_per_gpu"], self.cfg["gradient_accumulation_steps"]
-        if self.cfg.get("bf16", {}).get("enabled") and not torch.cuda.is_available() and self.rank == 0:
+        self.callbacks = default_callbacks(cfg) if callbacks is None else list(callbacks)
+        self.rank, self.world = init_distributed(cfg.run.dist_timeout)
+        self.ds_config = build_ds_config(cfg, self.world)
+        self.micro, self.accum = self.ds_config["train_micro_batch_size_per_gpu"], self.ds_config["gradient_accumulation_steps"]
+        if self.ds_config.get("bf16", {}).get("enabled") and not torch.cuda.is_available() and self.rank == 0:
             print("warning: bf16 on CPU is ≈7.7x slower than fp32 (measured on this project's tiny models); "
                   "leave --bf16 off on CPU", file=sys.stderr, flush=True)
         self.steps_per_epoch = len(train_ds) // (self.micro * self.world) // self.accum
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(train_ds)} training sequences are fewer than one global batch "
                              f"({self.micro} x {self.accum} x {self.world}); lower --micro-batch/--grad-accum")
-        self.total_steps = args.max_steps or math.ceil(args.epochs * self.steps_per_epoch)
-        self.ckpt_dir = os.path.join(args.out, "checkpoints")
-        self.metrics_path = os.path.join(args.out, "metrics.jsonl")
-        self.tb = None
-        self.watchdog = Watchdog(args.dist_timeout)  # started by train(); every unit of progress beats it
+        self.total_steps = cfg.optim.max_steps or math.ceil(cfg.optim.epochs * self.steps_per_epoch)
+        warmup = cfg.optim.warmup_steps
+        # the configuration this run resolves to, saved as OUT/config.yaml
+        self.cfg = updated(resolve(cfg, self.ds_config), {
+            "optim.max_steps": self.total_steps, "optim.warmup_steps": self.total_steps // 10 if warmup is None else warmup})
+        self.ckpt_dir = os.path.join(cfg.run.out, "checkpoints")
+        self.metrics_path = os.path.join(cfg.run.out, "metrics.jsonl")
+        self.tb = self.bar = None
+        self.watchdog = Watchdog(cfg.run.dist_timeout)  # started by train(); every unit of progress beats it
+
+    # --- the loop -----------------------------------------------------------------------------
+    def train(self, resume_tag=None):
+        """Run to the configured steps (from checkpoint `resume_tag` of --resume's dir), export OUT/final and
+        end the process group; returns a summary dict (also written to OUT/summary.json). A callback may
+        stop the run early (`state.stop`): it is then checkpointed, not exported."""
+        s = self.start(resume_tag)
+        self.emit("on_train_start", s)
+        with tqdm(total=self.total_steps, initial=s.step, disable=self.rank != 0, dynamic_ncols=True) as self.bar:
+            while s.step < self.total_steps and s.stop is None:
+                loader = self.loader(s.step)  # the rest of this epoch
+                for _ in range(min(self.steps_per_epoch - s.step % self.steps_per_epoch, self.total_steps - s.step)):
+                    self.emit("on_step_start", s)
+                    self.step(s, loader)
+                    self.emit("on_step_end", s)
+                    if s.stop is not None:
+                        break
+                if s.step % self.steps_per_epoch == 0 and s.stop is None:
+                    self.emit("on_epoch_end", s)
+        self.emit("on_train_end", s)
+        return self.finish(s)
+
+    def emit(self, hook, s):
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, s)
 
     # --- setup --------------------------------------------------------------------------------
+    def start(self, resume_tag):
+        """Build the engine, load `resume_tag`, open the logs; returns the loop's TrainState."""
+        self._initialize()
+        step = self._resume(resume_tag) if resume_tag else 0
+        self._open_logs(step)
+        self.watchdog.start()
+        self.sampler = ResumableSampler(self.train_ds, self.world, self.rank, seed=self.cfg.run.seed)
+        return TrainState(step=step, last_save=step)
+
     def _initialize(self):
-        args, cfg = self.args, self.cfg
+        o = self.cfg.optim
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [g for g in ({"params": [p for p in trainable if p.ndim >= 2], "weight_decay": args.weight_decay},
+        groups = [g for g in ({"params": [p for p in trainable if p.ndim >= 2], "weight_decay": o.weight_decay},
                               {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}) if g["params"]]
-        optimizer = None if "optimizer" in cfg else torch.optim.AdamW(groups, lr=args.lr, betas=tuple(args.betas))
+        optimizer = None if "optimizer" in self.ds_config else torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
         self.engine, *_ = deepspeed.initialize(
-            model=self.model, model_parameters=groups, optimizer=optimizer, config=cfg,
-            lr_scheduler=lambda opt: build_scheduler(opt, self.total_steps, args.warmup_steps, args.schedule,
-                                                     args.min_lr_ratio))
+            model=self.model, model_parameters=groups, optimizer=optimizer, config=self.ds_config,
+            lr_scheduler=lambda opt: build_scheduler(opt, self.total_steps, o.warmup_steps, o.schedule, o.min_lr_ratio))
         dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
         for m in self.frozen_modules:
             m.to(device=self.engine.device, dtype=dtype).eval().requires_grad_(False)
@@ -121,7 +159,7 @@ class Trainer:
     def _resume(self, tag):
         """Load checkpoint `tag` (verified by `guard.start_run`) of --resume's dir; returns the optimizer step
         to continue from."""
-        load_dir = resume_dir(self.args)
+        load_dir = resume_dir(self.cfg.run)
         path, client = self.engine.load_checkpoint(load_dir, tag=tag)
         if path is None:
             raise ValueError(f"--resume {load_dir}: loading checkpoint {tag} failed")
@@ -136,29 +174,49 @@ class Trainer:
         if self.rank != 0:
             return
         from torch.utils.tensorboard import SummaryWriter
-        os.makedirs(self.args.out, exist_ok=True)
-        atomic_write_json(os.path.join(self.args.out, "ds_config.json"), self.cfg)
-        atomic_write_json(os.path.join(self.args.out, "args.json"), vars(self.args))
+        out = self.cfg.run.out
+        os.makedirs(out, exist_ok=True)
+        atomic_write_json(os.path.join(out, "ds_config.json"), self.ds_config)
+        atomic_write_bytes(os.path.join(out, "config.yaml"), dump(self.cfg, self.command).encode())
         kept = []
         if start_step and os.path.exists(self.metrics_path):
             with open(self.metrics_path) as f:
                 kept = [line for line in f if json.loads(line)["step"] <= start_step]
         with atomic_path(self.metrics_path) as tmp, open(tmp, "w") as f:
             f.writelines(kept)
-        self.tb = SummaryWriter(os.path.join(self.args.out, "tb"), purge_step=start_step + 1 if start_step else None)
+        self.tb = SummaryWriter(os.path.join(out, "tb"), purge_step=start_step + 1 if start_step else None)
 
-    def _log(self, step, record, prefix):
+    def log(self, step, record, prefix):
+        """Rank 0: append `record` to metrics.jsonl (keys prefixed) and TensorBoard (train/ every log_every)."""
         if self.rank != 0:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({"step": step, **{f"{prefix}{k}": v for k, v in record.items()}}) + "\n")
-        if prefix != "train/" or step % self.args.log_every == 0 or step == self.total_steps:
+        if prefix != "train/" or step % self.cfg.run.log_every == 0 or step == self.total_steps:
             for k, v in record.items():
                 self.tb.add_scalar(f"{prefix}{k}", v, step)
 
     # --- steps --------------------------------------------------------------------------------
-    def _train_step(self, batches, poison=False):
-        """One optimizer step over `accum` micro-batches; returns rank-averaged loss and metrics."""
+    def loader(self, step):
+        """An iterator over this rank's micro-batches from optimizer step `step` to the end of its epoch."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        self.sampler.set_position(epoch, offset * self.accum * self.micro)
+        return iter(DataLoader(self.train_ds, batch_size=self.micro, sampler=self.sampler, collate_fn=collate,
+                               drop_last=True, num_workers=self.cfg.run.num_workers))
+
+    def step(self, s, loader):
+        """One optimizer step over `accum` micro-batches of `loader`; updates `s`."""
+        torch.manual_seed(hash((self.cfg.run.seed, self.rank, s.step)) % 2**63)  # dropout RNG, resume-exact
+        s.lr, t0 = self.engine.get_lr()[0], time.perf_counter()
+        batches = [next(loader) for _ in range(self.accum)]
+        tokens = self.world * sum(b["input_ids"].numel() for b in batches)
+        s.loss, s.metrics = self._micro_steps(batches, s.poison)
+        dt = time.perf_counter() - t0
+        s.step, s.tokens, s.seconds, s.tokens_per_s = s.step + 1, s.tokens + tokens, s.seconds + dt, tokens / dt
+        s.grad_norm = self.engine.get_global_grad_norm()
+
+    def _micro_steps(self, batches, poison=False):
+        """Forward, backward and engine step of each micro-batch; returns rank-averaged loss and metrics."""
         total, names, sums = 0.0, None, None
         for batch in batches:
             batch = {k: v.to(self.engine.device) for k, v in batch.items()}
@@ -177,10 +235,11 @@ class Trainer:
         stats = (stats / (self.world * self.accum)).tolist()
         return stats[0], dict(zip(names, stats[1:]))
 
+    # --- evaluation and checkpoints (called by the callbacks) ---------------------------------
     @torch.no_grad()
     def evaluate_dev(self):
         """Mean next-token CE over the dev set (every sequence once, split across ranks)."""
-        n = min(len(self.dev_ds), self.args.dev_max_seqs or len(self.dev_ds))
+        n = min(len(self.dev_ds), self.cfg.evaluation.dev_max_seqs or len(self.dev_ds))
         mine = list(range(self.rank, n, self.world))
         per_rank = math.ceil(n / self.world)
         weights = [1.0] * len(mine) + [0.0] * (per_rank - len(mine))  # equal batch counts for ZeRO-3
@@ -198,30 +257,30 @@ class Trainer:
         dist.all_reduce(stats)
         return (stats[0] / stats[1]).item() if n else float("nan")
 
-    def _dev(self, step):
+    def dev(self, step):
+        """Dev loss at `step`, logged."""
         loss = self.evaluate_dev()
-        self._log(step, {"loss": loss}, "dev/")
+        self.log(step, {"loss": loss}, "dev/")
         return loss
 
-    def evaluate_zeroshot(self, step):
-        """Epoch-end zero-shot eval of a gathered fp32 copy on rank 0; the others wait at a barrier, so
-        --dist-timeout must exceed the evaluation's duration."""
+    def evaluate_zeroshot(self, step, tasks, limit):
+        """Zero-shot eval of a gathered fp32 copy on rank 0; the others wait at a barrier, so --dist-timeout
+        must exceed the evaluation's duration."""
         state = gather_state_dict(self.engine.module)
         if self.rank == 0:
             from babylm_ds.evaluation import evaluate_model
-            tasks = [t.strip() for t in self.args.eval_zeroshot.split(",") if t.strip()]
             model = fresh_copy(self.engine.module, state).to(self.engine.device)
-            result = evaluate_model(model, self.tokenizer, tasks, limit=self.args.eval_limit)
+            result = evaluate_model(model, self.tokenizer, tasks, limit=limit)
             scores = {k: v for k, v in result.items() if isinstance(v, (int, float))}
             scores.update({k: v["mean"] for k, v in result.items() if isinstance(v, dict) and "mean" in v})
-            self._log(step, scores, "zeroshot/")
+            self.log(step, scores, "zeroshot/")
             del model
         dist.barrier()
         self.watchdog.beat()
 
     def _identity(self):
         """What a checkpoint must share with this run for --resume to continue it exactly."""
-        return {"world_size": self.world, "micro": self.micro, "accum": self.accum, "seed": self.args.seed}
+        return {"world_size": self.world, "micro": self.micro, "accum": self.accum, "seed": self.cfg.run.seed}
 
     def save(self, step):
         """Checkpoint `step`; `latest` names it only once it is complete and sealed with checksums, so a
@@ -238,78 +297,22 @@ class Trainer:
         dist.barrier()
         self.watchdog.beat()
 
-    # --- loop ---------------------------------------------------------------------------------
-    def train(self, resume_tag=None):
-        """Run to --max-steps / --epochs (from checkpoint `resume_tag` of --resume's dir), export OUT/final
-        and end the process group; returns a summary dict (also written to OUT/summary.json). A non-finite
-        loss or gradient norm stops the run with a ValueError before anything is saved or exported."""
-        args = self.args
-        self._initialize()
-        step = self._resume(resume_tag) if resume_tag else 0
-        self._open_logs(step)
-        self.watchdog.start()
-        sampler = ResumableSampler(self.train_ds, self.world, self.rank, seed=args.seed)
-        fault = os.environ.get(FAULT_ENV, "-1:-1").split(":")
-        fault_at = int(fault[0]), int(fault[1])
-        bar = tqdm(total=self.total_steps, initial=step, disable=self.rank != 0, dynamic_ncols=True)
-        dev_loss, last_dev, last_save, loss, tokens, seconds = None, -1, step, float("nan"), 0, 0.0
-        while step < self.total_steps:
-            epoch, offset = divmod(step, self.steps_per_epoch)
-            sampler.set_position(epoch, offset * self.accum * self.micro)
-            loader = iter(DataLoader(self.train_ds, batch_size=self.micro, sampler=sampler, collate_fn=collate,
-                                     drop_last=True, num_workers=args.num_workers))
-            for _ in range(offset, min(self.steps_per_epoch, offset + self.total_steps - step)):
-                if (self.rank, step) == fault_at and fault[2:] != ["nan"]:
-                    if fault[2:] == ["hang"]:
-                        time.sleep(1e9)
-                    os._exit(1)
-                torch.manual_seed(hash((args.seed, self.rank, step)) % 2**63)  # dropout RNG, resume-exact
-                lr, t0 = self.engine.get_lr()[0], time.perf_counter()
-                batches = [next(loader) for _ in range(self.accum)]
-                tokens_per_step = self.world * sum(b["input_ids"].numel() for b in batches)
-                loss, metrics = self._train_step(batches, poison=(self.rank, step) == fault_at)
-                dt = time.perf_counter() - t0
-                step, tokens, seconds = step + 1, tokens + tokens_per_step, seconds + dt
-                grad_norm = self.engine.get_global_grad_norm()
-                if not math.isfinite(loss) or grad_norm is not None and not math.isfinite(float(grad_norm)):
-                    bar.close()
-                    kept = "no checkpoint yet; lower --lr or --clip"
-                    if last_save:
-                        kept = (f"the last good checkpoint {self.ckpt_dir}/step{last_save} is untouched; lower --lr "
-                                "or --clip and rerun with --resume")
-                    # every rank sees the same (all-reduced) loss and global norm: rank 0 says it
-                    error = ValueError if self.rank == 0 else EchoedError
-                    raise error(f"step {step}: loss {loss:g}, gradient norm {float(grad_norm or 0):g}: training "
-                                f"diverged, stopped without saving or exporting ({kept})")
-                record = {"loss": loss, "lr": lr, "tokens_per_s": tokens_per_step / dt,
-                          **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}), **metrics}
-                self._log(step, record, "train/")
-                bar.update(1)
-                if step % args.log_every == 0:
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                if args.eval_every and step % args.eval_every == 0:
-                    dev_loss, last_dev = self._dev(step), step
-                if args.save_every and step % args.save_every == 0:
-                    self.save(step)
-                    last_save = step
-            if step % self.steps_per_epoch == 0:  # epoch end
-                if last_dev != step:
-                    dev_loss, last_dev = self._dev(step), step
-                if args.eval_zeroshot:
-                    self.evaluate_zeroshot(step)
-        bar.close()
-        if last_dev != step:
-            dev_loss = self._dev(step)
-        if last_save != step:
-            self.save(step)
-        state = gather_state_dict(self.engine.module)
-        summary = {"steps": step, "train_loss": loss, "dev_loss": dev_loss, "world_size": self.world,
-                   "train_tokens": tokens, "tokens_per_s": tokens / seconds if seconds else None,
-                   "final_dir": os.path.join(args.out, "final")}
+    # --- the end ------------------------------------------------------------------------------
+    def finish(self, s):
+        """Export OUT/final (unless stopped early), write summary.json, end the process group."""
+        out = self.cfg.run.out
+        summary = {"steps": s.step, "train_loss": s.loss, "dev_loss": s.dev_loss, "world_size": self.world,
+                   "train_tokens": s.tokens, "tokens_per_s": s.tokens / s.seconds if s.seconds else None,
+                   "final_dir": os.path.join(out, "final")}
+        if s.stop is not None:
+            summary.update(stopped=s.stop, final_dir=None)
+        else:
+            state = gather_state_dict(self.engine.module)
         if self.rank == 0:
-            card = facts(args, summary, launch_command(self.world), self.cfg, self.card)
-            export_hf(self.engine.module, state, self.tokenizer, summary["final_dir"], card)
-            atomic_write_json(os.path.join(args.out, "summary.json"), summary)
+            if s.stop is None:
+                card = facts(self.cfg, summary, launch_command(self.world), self.ds_config, self.card)
+                export_hf(self.engine.module, state, self.tokenizer, summary["final_dir"], card)
+                atomic_write_json(os.path.join(out, "summary.json"), summary)
             self.tb.close()
         dist.barrier()
         self.watchdog.stop()

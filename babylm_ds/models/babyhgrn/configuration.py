@@ -1,4 +1,6 @@
-"""BabyHGRN configuration (HGRN2 language model; field names follow fla's `HGRN2Config`)."""
+"""BabyHGRN configuration (HGRN2 language model; field names follow fla's `HGRN2Config`).
+
+Inlined into exported models (models/remote_code.py): keeps the rules in models/export_rules.py."""
 from transformers import PreTrainedConfig
 
 

@@ -1,5 +1,7 @@
 """BabyHGRN: HGRN2 causal LM as a transformers `PreTrainedModel` (module tree and parameter names = fla's
-`HGRN2ForCausalLM`), with a recurrent-state cache so `generate()` costs O(1) memory per token."""
+`HGRN2ForCausalLM`), with a recurrent-state cache so `generate()` costs O(1) memory per token.
+
+Inlined into exported models (models/remote_code.py): keeps the rules in models/export_rules.py."""
 import torch
 import torch.nn as nn
 from transformers import initialization as init

@@ -1,4 +1,6 @@
-"""BabyLSTM configuration: the LSTM language-model baseline of the zoo."""
+"""BabyLSTM configuration: the LSTM language-model baseline of the zoo.
+
+Inlined into exported models (models/remote_code.py): keeps the rules in models/export_rules.py."""
 from transformers import PreTrainedConfig
 
 

@@ -1,5 +1,7 @@
 """BabyLSTM: a stacked-LSTM causal LM as a transformers `PreTrainedModel`, with an (h, c) state cache so
-`generate()` feeds one token per step."""
+`generate()` feeds one token per step.
+
+Inlined into exported models (models/remote_code.py): keeps the rules in models/export_rules.py."""
 import torch
 import torch.nn as nn
 

@@ -8,6 +8,8 @@ one call per sequence.
 
 g (finite, <= 0) and the cu_seqlens values are checked on CPU tensors only: on a GPU the check
 would cost a device sync per call. Set BABYLM_DS_DEBUG=1 to check GPU tensors too.
+
+Inlined into exported models (models/remote_code.py): keeps the rules in models/export_rules.py.
 """
 import functools
 import logging

@@ -1,6 +1,6 @@
 """Chunked HGRN2 in pure PyTorch: the portable backend and the readable spec of the algorithm.
 
-Per chunk of C steps, with b = cumsum of g from the chunk start (b <= 0, non-increasing) and S the
+Per chunk of C = CHUNK steps, with b = cumsum of g from the chunk start (b <= 0, non-increasing) and S the
 fp32 state entering the chunk:
 
     inter: o_i += scale (q_i * e^{b_i}) S ;  S <- e^{b_C} * S + sum_j (k_j * e^{b_C - b_j})^T v_j
@@ -15,12 +15,14 @@ Backward (G = global cumulative log decay, dS_t = adjoint of the state after ste
     dq_t = scale S_t do_t,   dk_t = dS_t v_t,   dv_t = dS_t^T k_t,
     dG_t = q_t*dq_t - k_t*dk_t (+ rowsum(S_T * dS_T) at t = T),   dg = reverse cumsum of dG.
 Chunk states are recomputed rather than saved.
+
+Inlined into exported models (models/remote_code.py): keeps the rules in models/export_rules.py.
 """
 import torch
 import torch.nn.functional as F
 
-C, SUB = 64, 16
-NS = C // SUB
+CHUNK, SUB = 64, 16  # chunk length C and sub-chunk length; the C++/CUDA kernels': csrc/hgrn2_common.h
+NS = CHUNK // SUB
 
 
 def acc_dtype(x):
@@ -31,14 +33,14 @@ def acc_dtype(x):
 def _chunks(x, N):
     """[B, T, H, D] -> [B, H, N, C, D] in the accumulation dtype, zero-padded to N * C steps."""
     B, T, H, D = x.shape
-    x = F.pad(x.to(acc_dtype(x)), (0, 0, 0, 0, 0, N * C - T))
-    return x.transpose(1, 2).reshape(B, H, N, C, D)
+    x = F.pad(x.to(acc_dtype(x)), (0, 0, 0, 0, 0, N * CHUNK - T))
+    return x.transpose(1, 2).reshape(B, H, N, CHUNK, D)
 
 
 def _unchunk(x, T):
     """[B, H, N, C, D] -> [B, T, H, D]."""
     B, H, N, _, D = x.shape
-    return x.reshape(B, H, N * C, D)[:, :, :T].transpose(1, 2)
+    return x.reshape(B, H, N * CHUNK, D)[:, :, :T].transpose(1, 2)
 
 
 class _Intra:
@@ -64,7 +66,7 @@ class _Intra:
         qs, ks = q.view(self.shape), k.view(self.shape)
         P = torch.einsum("...iak,...ijck->...ijac", qs * self.qfac, self.kfac * ks[..., None, :, :, :])
         P[..., self.idx, self.idx, :, :] = (qs[..., :, None, :] * ks[..., None, :, :] * self.diag).sum(-1)
-        return P.transpose(-3, -2).reshape(*self.shape[:3], C, C)
+        return P.transpose(-3, -2).reshape(*self.shape[:3], CHUNK, CHUNK)
 
     def grads(self, q, k, dP):
         """dq, dk of sum(dP * P) for a lower-triangular dP [.., C, C]."""
@@ -76,7 +78,7 @@ class _Intra:
         dq = dq + (dd * ks[..., None, :, :]).sum(-2)
         dk = (torch.einsum("...ijac,...iak->...ijck", dP, qs * self.qfac) * self.kfac).sum(-4)
         dk = dk + (dd * qs[..., :, None, :]).sum(-3)
-        return dq.reshape(*self.shape[:3], C, -1), dk.reshape(*self.shape[:3], C, -1)
+        return dq.reshape(*self.shape[:3], CHUNK, -1), dk.reshape(*self.shape[:3], CHUNK, -1)
 
 
 def _scan(x, decay, S, reverse=False):
@@ -93,7 +95,7 @@ def _zero_state(k, v, h0):
 
 
 def _prepare(q, k, v, g):
-    N = -(-q.shape[1] // C)
+    N = -(-q.shape[1] // CHUNK)
     q, k, v, g = (_chunks(x, N) for x in (q, k, v, g))
     gc = g.cumsum(-2)
     gl = gc[..., -1, :]  # [B, H, N, K] log decay of the whole chunk

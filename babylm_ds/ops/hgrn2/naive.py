@@ -16,7 +16,7 @@ def naive_hgrn2(q, k, v, g, scale=None, initial_state=None, output_final_state=F
     acc = torch.float64 if q.device.type == "cpu" else torch.float32
     q, k, v, g = (x.to(acc) for x in (q, k, v, g))
     starts = [0] if cu_seqlens is None else [int(x) for x in cu_seqlens[:-1]]
-    out, finals = [], []
+    out, finals, S = [], [], None
     for t in range(T):
         if t in starts:
             if t:

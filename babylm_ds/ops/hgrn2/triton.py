@@ -30,7 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-BT, BC = 64, 16  # chunk and sub-chunk lengths
+from .chunk import CHUNK, SUB
+
+BT, BC = CHUNK, SUB  # chunk and sub-chunk lengths (one definition: ops/hgrn2/chunk.py)
 
 
 def triton_status(device, dtype=None):
