@@ -1,6 +1,7 @@
 """Exported model folders: `import babylm_ds` registers the model families; the generated
 trust_remote_code files run where babylm_ds cannot be imported, also under transformers 4.51 (the BabyLM
 pipeline's pin), and equal the project's model; the card."""
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
-from babylm_ds.data.tokenizer import train_tokenizer
+from babylm_ds.data.tokenizer import load_tokenizer, train_tokenizer
 from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM, BabyLSTMConfig, BabyLSTMForCausalLM
 from babylm_ds.models import hf_compat
 from babylm_ds.models.card import CARD_FILES, update_scores
@@ -22,8 +23,10 @@ from babylm_ds.models.remote_code import generate
 from babylm_ds.training import export_hf
 from launch import ROOT
 
-# evaluation-pipeline-2025's requirements.txt pins (its datasets and torch pins do not matter for loading)
-PIPELINE_PINS = ("transformers==4.51.3", "tokenizers==0.21.1", "huggingface-hub==0.31.0")
+# evaluation-pipeline-2025's requirements.txt pins (its datasets and torch pins do not matter for loading);
+# BABYLM_DS_EXPORT_PINS="transformers==4.46.3 tokenizers==0.20.3" runs the same check on other versions
+PIPELINE_PINS = tuple(os.environ.get("BABYLM_DS_EXPORT_PINS", "").split()) or (
+    "transformers==4.51.3", "tokenizers==0.21.1", "huggingface-hub==0.31.0")
 
 # Refuses every import of babylm_ds, whatever sys.path holds (the venv has it installed in editable mode).
 HIDE = textwrap.dedent("""
@@ -237,7 +240,8 @@ def pip_target(target, pins):
         if proc.returncode:
             out = proc.stdout + proc.stderr
             if any(marker in out for marker in _OFFLINE):
-                pytest.skip(f"package registry unreachable: pip install {' '.join(todo)}: {out.strip().splitlines()[-1]}")
+                pytest.skip(f"package registry unreachable: pip install {' '.join(todo)}: "
+                            f"{out.strip().splitlines()[-1]}")
             raise AssertionError(f"pip install {' '.join(todo)} failed:\n{out[-3000:]}")
         if not (todo := _unmet(target)):
             return
@@ -247,9 +251,10 @@ def pip_target(target, pins):
 @pytest.fixture(scope="session")
 def pipeline_transformers(request, tmp_path_factory):
     """A --target dir with PIPELINE_PINS, kept in pytest's cache dir and reused while it holds the same pins."""
-    cache = getattr(request.config, "cache", None)
-    target = cache.mkdir("transformers-pipeline") if cache else tmp_path_factory.mktemp("transformers-pipeline")
-    stamp, pins = target / "PINS", "\n".join(PIPELINE_PINS)
+    pins = "\n".join(PIPELINE_PINS)
+    cache, name = getattr(request.config, "cache", None), "pins-" + hashlib.sha256(pins.encode()).hexdigest()[:12]
+    target = cache.mkdir(name) if cache else tmp_path_factory.mktemp(name)
+    stamp = target / "PINS"
     if not (stamp.is_file() and stamp.read_text() == pins):
         shutil.rmtree(target)
         target.mkdir()
@@ -258,17 +263,19 @@ def pipeline_transformers(request, tmp_path_factory):
     return target
 
 
-LOAD_PINNED = textwrap.dedent("""
+LOAD_ELSEWHERE = textwrap.dedent("""
     import sys
-    sys.path.insert(0, sys.argv[1])  # the pinned transformers before this environment's
+    sys.path.insert(0, sys.argv[1])  # e.g. a --target dir of pinned packages, before this environment's
     import torch, transformers
     from transformers import AutoModelForCausalLM, AutoProcessor
     text, ids, got = sys.argv[2], torch.load(sys.argv[3]), {"version": transformers.__version__}
     for folder in sys.argv[5:]:
         model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-        processor = AutoProcessor.from_pretrained(folder, padding_side="right", trust_remote_code=True)  # as the pipeline
+        # the tokenizer as the pipeline loads it
+        processor = AutoProcessor.from_pretrained(folder, padding_side="right", trust_remote_code=True)
         with torch.no_grad():
             got[folder] = {"logits": model(ids).logits, "class": type(model).__module__,
+                           "cache": [c.__module__ for c in type(model(ids[:, :3]).past_key_values).__mro__],
                            "generated": model.generate(ids[:1, :9], max_new_tokens=24, do_sample=False),
                            "beams": model.generate(ids[:1, :9], max_new_tokens=8, num_beams=3, do_sample=False),
                            "tokens": processor(text=text)["input_ids"]}
@@ -285,16 +292,19 @@ LOAD_PINNED = textwrap.dedent("""
     got["babylm_ds"] = sorted(m for m in sys.modules if m.startswith("babylm_ds"))
     torch.save(got, sys.argv[4])
 """)
+# the cache layer transformers 4.x lacks, taken away from this one (which, unlike the checkpointing layer, it does
+# not use itself): the shim's own cache serves
+NO_CACHE_LAYER = "import transformers.cache_utils\ndel transformers.cache_utils.LinearAttentionLayer\n"
 
 
-@pytest.mark.slow
-def test_export_loads_in_the_babylm_pipeline_transformers(pipeline_transformers, tmp_path):
-    """An exported BabyHGRN (own LM head) and BabyLSTM (tied embeddings), loaded with trust_remote_code under the
-    BabyLM pipeline's transformers 4.51.3 / tokenizers 0.21.1 / huggingface-hub 0.31.0 in a process that cannot
-    import babylm_ds: the project's logits (torch backend) bit for bit, its greedy and beam-search tokens, its
-    tokenizer with BOS first, and gradient checkpointing through the shim's layer."""
+@pytest.fixture(scope="module")
+def exported_pair(tmp_path_factory):
+    """A BabyHGRN (own, sharpened LM head) and a BabyLSTM (tied embeddings) exported with the trainer's tokenizer."""
+    root = tmp_path_factory.mktemp("pair")
     text = "the cat sat on the mat."
-    tokenizer = train_tokenizer([text, "a dog ran to the cat.", "the mat was red."] * 20, vocab_size=300)
+    train_tokenizer([text, "a dog ran to the cat.", "the mat was red."] * 20, vocab_size=300).save_pretrained(
+        root / "data/tokenizer")
+    tokenizer = load_tokenizer(root / "data")  # as the trainer has it (5.x saves some of its load arguments)
     torch.manual_seed(0)
     hgrn = BabyHGRNForCausalLM(BabyHGRNConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, expand_ratio=16,
                                               intermediate_size=96, backend="torch")).eval()
@@ -303,15 +313,27 @@ def test_export_loads_in_the_babylm_pipeline_transformers(pipeline_transformers,
     with torch.no_grad():
         hgrn.model.lower_bounds.normal_()
         hgrn.lm_head.weight.mul_(40.0)
-    models = {tmp_path / "hgrn": hgrn, tmp_path / "lstm": lstm}
+    models = {root / "hgrn": hgrn, root / "lstm": lstm}
     for folder, model in models.items():
         export_hf(model, model.state_dict(), tokenizer, str(folder))
+        tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+        assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"  # 5.x wrote TokenizersBackend
+        assert not {"is_local", "local_files_only"} & set(tokenizer_config)
+        assert json.loads((folder / "config.json").read_text())["torch_dtype"] == "float32"
+    return models, tokenizer, text
+
+
+def _load_elsewhere(exported_pair, tmp_path, prelude, path_first):
+    """Load the pair in a process that cannot import babylm_ds (after `prelude`, with `path_first` first on
+    sys.path); check the project's logits bit for bit (torch backend), its greedy and beam-search tokens, its
+    tokenizer with BOS first and gradient checkpointing. Returns what the process reported."""
+    models, tokenizer, text = exported_pair
     ids = torch.randint(3, 300, (2, 70), generator=torch.Generator().manual_seed(1))
     torch.save(ids, tmp_path / "ids.pt")
-    _python(HIDE + LOAD_PINNED, pipeline_transformers, text, tmp_path / "ids.pt", tmp_path / "got.pt", *models,
+    _python(HIDE + prelude + LOAD_ELSEWHERE, path_first, text, tmp_path / "ids.pt", tmp_path / "got.pt", *models,
             cwd=tmp_path, timeout=900)
     got = torch.load(tmp_path / "got.pt")
-    assert got["version"] == "4.51.3" and got["babylm_ds"] == []
+    assert got["babylm_ds"] == []
     bos_first = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
     for folder, model in models.items():
         mine = got[str(folder)]
@@ -319,7 +341,25 @@ def test_export_loads_in_the_babylm_pipeline_transformers(pipeline_transformers,
         with torch.no_grad():
             assert torch.equal(mine["logits"], model(ids).logits)
             assert torch.equal(mine["generated"], model.generate(ids[:1, :9], max_new_tokens=24, do_sample=False))
-            assert torch.equal(mine["beams"], model.generate(ids[:1, :9], max_new_tokens=8, num_beams=3, do_sample=False))
+            beams = model.generate(ids[:1, :9], max_new_tokens=8, num_beams=3, do_sample=False)
+            assert torch.equal(mine["beams"], beams)
         assert mine["tokens"] == bos_first
-    assert got[str(tmp_path / "hgrn")]["checkpointed"] == [True, True]
-    assert got[str(tmp_path / "hgrn")]["grad_diff"] < 1e-6
+    hgrn = got[str(next(iter(models)))]
+    assert hgrn["checkpointed"] == [True, True] and hgrn["grad_diff"] < 1e-6
+    return got
+
+
+def test_shim_cache_serves_generate(exported_pair, tmp_path):
+    """The shim's plain cache object (what transformers 4.x gets), here under this transformers without its
+    linear-attention cache layer: the export still equals the project's model, greedy and beam search included."""
+    got = _load_elsewhere(exported_pair, tmp_path, NO_CACHE_LAYER, "")
+    for folder in exported_pair[0]:
+        assert not [m for m in got[str(folder)]["cache"] if m.startswith("transformers.")], got[str(folder)]["cache"]
+
+
+@pytest.mark.slow
+def test_export_loads_in_the_babylm_pipeline_transformers(exported_pair, pipeline_transformers, tmp_path):
+    """The pair loaded with trust_remote_code under the BabyLM pipeline's transformers 4.51.3 / tokenizers 0.21.1 /
+    huggingface-hub 0.31.0 (installed from the package registry), in a process that cannot import babylm_ds."""
+    got = _load_elsewhere(exported_pair, tmp_path, "", pipeline_transformers)
+    assert f"transformers=={got['version']}" in PIPELINE_PINS

@@ -7,6 +7,7 @@ exported files also load in 4.x environments such as the BabyLM evaluation pipel
 """
 import functools
 import inspect
+import typing
 
 import torch.nn as nn
 import transformers
@@ -26,7 +27,8 @@ except ImportError:  # transformers 4.x: configs take their fields in __init__, 
         def _fields(self):
             fields = {}
             for klass in reversed(type(self).__mro__[:type(self).__mro__.index(PreTrainedConfig)]):
-                fields.update({name: getattr(klass, name) for name in inspect.get_annotations(klass)})
+                fields.update({name: getattr(klass, name) for name, annotation in inspect.get_annotations(klass).items()
+                               if typing.get_origin(annotation) is not typing.ClassVar})
             return fields
 
         def __init__(self, **kwargs):

@@ -210,17 +210,20 @@ def write_remote_code(model, out_dir):
 
 
 def save_tokenizer(tokenizer, out_dir):
-    """Save `with_bos(tokenizer)` into `out_dir`, its tokenizer_config.json naming a class transformers 4.x
-    knows too (5.x's `TokenizersBackend` is 4.x's `PreTrainedTokenizerFast`, an alias in 5.x)."""
+    """Save `with_bos(tokenizer)` into `out_dir` with a tokenizer_config.json that transformers 4.x reads too:
+    5.x's `TokenizersBackend` named as 4.x's `PreTrainedTokenizerFast` (an alias of it in 5.x), without the
+    arguments of the call that loaded it (`local_files_only`, `is_local`), which 5.x writes back."""
     with_bos(tokenizer).save_pretrained(out_dir)
     path = os.path.join(out_dir, "tokenizer_config.json")
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
+    for key in ("local_files_only", "is_local"):
+        config.pop(key, None)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def with_bos(tokenizer):
