@@ -22,6 +22,7 @@ import os
 import re
 
 from babylm_ds.models.registry import family_of
+from babylm_ds.utils.io import atomic_write_json
 
 _ROOT = "babylm_ds"
 _SHIM = "babylm_ds.models.hf_compat"
@@ -203,9 +204,7 @@ def write_remote_code(model, out_dir):
                           **{auto: f"{names['model']}.{cls.__name__}" for auto, cls in family.auto_classes.items()}}
     if "dtype" in config:  # transformers < 4.56 reads the weights' dtype from `torch_dtype` (5.x drops it on load)
         config["torch_dtype"] = config["dtype"]
-    with open(config_path, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
+    atomic_write_json(config_path, config)
     return files
 
 
@@ -221,9 +220,7 @@ def save_tokenizer(tokenizer, out_dir):
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
     for key in ("local_files_only", "is_local"):
         config.pop(key, None)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
+    atomic_write_json(path, config)
 
 
 def with_bos(tokenizer):
