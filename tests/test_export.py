@@ -264,7 +264,7 @@ def pipeline_transformers(request, tmp_path_factory):
 
 
 LOAD_ELSEWHERE = textwrap.dedent("""
-    import sys
+    import json, sys
     sys.path.insert(0, sys.argv[1])  # e.g. a --target dir of pinned packages, before this environment's
     import torch, transformers
     from transformers import AutoModelForCausalLM, AutoProcessor
@@ -289,6 +289,9 @@ LOAD_ELSEWHERE = textwrap.dedent("""
                 model.gradient_checkpointing_enable()
             got[folder]["checkpointed"] = [m.gradient_checkpointing for m in model.model.layers]
             got[folder]["grad_diff"] = max((a - b).abs().max().item() for a, b in zip(*grads))
+        auto_map = json.load(open(f"{folder}/config.json"))["auto_map"]  # every class the folder offers loads
+        got[folder]["auto_map"] = {auto: type(getattr(transformers, auto).from_pretrained(
+            folder, trust_remote_code=True)).__name__ for auto in auto_map if auto != "AutoConfig"}
     got["babylm_ds"] = sorted(m for m in sys.modules if m.startswith("babylm_ds"))
     torch.save(got, sys.argv[4])
 """)
@@ -344,6 +347,8 @@ def _load_elsewhere(exported_pair, tmp_path, prelude, path_first):
             beams = model.generate(ids[:1, :9], max_new_tokens=8, num_beams=3, do_sample=False)
             assert torch.equal(mine["beams"], beams)
         assert mine["tokens"] == bos_first
+        auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+        assert mine["auto_map"] == {auto: name.split(".")[1] for auto, name in auto_map.items() if auto != "AutoConfig"}
     hgrn = got[str(next(iter(models)))]
     assert hgrn["checkpointed"] == [True, True] and hgrn["grad_diff"] < 1e-6
     return got

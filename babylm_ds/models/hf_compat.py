@@ -4,6 +4,8 @@ that 4.x lacks, each transformers' own where it exists and a small stand-in wher
 The project's modules import these names from transformers (5.x) directly; `remote_code` inlines this
 module into an export and serves those imports from it (`__all__` lists what it serves), so the
 exported files also load in 4.x environments such as the BabyLM evaluation pipeline's (4.51.3).
+Exported code that needs another name 4.x lacks: import it from transformers as usual, add it to
+`__all__` and give it a `try: ... except ImportError:` stand-in here.
 """
 import functools
 import inspect
