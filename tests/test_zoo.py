@@ -65,10 +65,12 @@ def test_lstm_cache_and_generate_equal_full_recomputation():
             steps.append(model(x[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
         cached = model.generate(x, max_new_tokens=12, do_sample=False)
         uncached = model.generate(x, max_new_tokens=12, do_sample=False, use_cache=False)
+        beams = [model.generate(x, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=c) for c in (True, False)]
         seq = x
         for _ in range(12):
             seq = torch.cat([seq, model(seq, use_cache=False).logits[:, -1:].argmax(-1)], 1)
     torch.testing.assert_close(torch.cat(steps, 1), full.logits, rtol=1e-5, atol=1e-6)
+    assert torch.equal(*beams)  # beam search reorders the cached states
     assert cache.get_seq_length() == 9
     h, c = cache.get_state(1)
     assert h.shape == (1, 2, 32) and c.shape == (1, 2, 48)

@@ -82,8 +82,8 @@ def render(card):
     if arch["remote_code"]:
         lines += ["model = AutoModelForCausalLM.from_pretrained(PATH, trust_remote_code=True)", "```", "",
                   f"`trust_remote_code=True` runs this folder's `configuration_{model_type}.py` and "
-                  f"`modeling_{model_type}.py` (generated from babylm-ds's source; torch + transformers "
-                  "suffice, babylm-ds's compiled kernels are used where it is installed). With babylm-ds "
+                  f"`modeling_{model_type}.py` (generated from babylm-ds's source; torch and transformers 4.46 "
+                  "or newer suffice, babylm-ds's compiled kernels are used where it is installed). With babylm-ds "
                   "installed, `import babylm_ds` registers the model type and `trust_remote_code` is not needed."]
     else:
         lines += ["model = AutoModelForCausalLM.from_pretrained(PATH)", "```"]

@@ -2,9 +2,10 @@
 
 `models/remote_code.py` writes an exported model's `configuration_<family>.py` / `modeling_<family>.py` by
 copying the family's `configuration.py` / `modeling.py` with every project module they import at top level
-inlined before them (transitively): today `models/recurrent.py`, `layers/hgrn2.py`, `ops/hgrn2/api.py` and
-`ops/hgrn2/chunk.py`. Their top-level code is copied verbatim into one file and their project imports are
-dropped, so each of these modules (they say so in their docstring) keeps to:
+inlined before them (transitively): today `models/recurrent.py`, `layers/hgrn2.py`, `ops/hgrn2/api.py`,
+`ops/hgrn2/chunk.py` and `models/hf_compat.py` (it serves the transformers names 4.x lacks: a
+`from transformers import` of a name in its `__all__` is dropped and the shim defines it). Their top-level
+code is copied verbatim into one file and their project imports are dropped, so each of these modules (they say so in their docstring) keeps to:
 
 1. top-level project imports name things, not modules: `from babylm_ds.x import name` (or the relative
    form); never `import babylm_ds.x`, nor `from babylm_ds.x import submodule`;
@@ -22,7 +23,7 @@ import importlib
 import inspect
 import os
 
-from babylm_ds.models.remote_code import _absolute  # the absolute module name of an ImportFrom, as the exporter reads it
+from babylm_ds.models.remote_code import _SHIM, _absolute  # as the exporter reads an ImportFrom; its shim module
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -60,6 +61,13 @@ def _nested_imports(tree):
     return found
 
 
+def _served(node, package):
+    """The names of a `from transformers import ...` that the export's shim (models/hf_compat.py) serves."""
+    if package != "babylm_ds" or not isinstance(node, ast.ImportFrom) or (node.module or "").split(".")[0] != "transformers":
+        return set()
+    return {alias.name for alias in node.names} & set(importlib.import_module(_SHIM).__all__)
+
+
 def inlined_modules(module_name, local=(), package="babylm_ds"):
     """The project modules inlined with `module_name` (it first), not descending into `local` (modules the
     generated file imports from a sibling file, e.g. the family's configuration)."""
@@ -72,6 +80,8 @@ def inlined_modules(module_name, local=(), package="babylm_ds"):
         order.append(name)
         module = importlib.import_module(name)
         for node in ast.parse(inspect.getsource(module)).body:
+            if _served(node, package):
+                stack.append(_SHIM)
             if isinstance(node, ast.ImportFrom) and _is_project(source := _absolute(node, module)):
                 for alias in node.names:  # each name from the module that defines it (constants: the source)
                     obj = getattr(importlib.import_module(source), alias.name, None)
@@ -101,6 +111,8 @@ def violations(modules, package="babylm_ds"):
             elif isinstance(node, ast.ImportFrom):
                 source = _absolute(node, module)
                 for alias in node.names:
+                    if alias.name in _served(node, package):
+                        continue  # the shim defines it
                     if not _is_project(source):
                         owners.setdefault(alias.asname or alias.name, []).append(
                             (_where(module, node), f"{source}.{alias.name}"))

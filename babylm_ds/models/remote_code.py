@@ -8,6 +8,11 @@ only the project imports are dropped and the third-party imports hoisted. Import
 inside functions (the compiled / Triton kernels, always under `try: ... except ImportError`) stay,
 so the folder runs with torch + transformers alone and uses babylm_ds's kernels where it is installed.
 The inlined modules keep the rules stated in `models/export_rules.py` (checked by tests/test_export_rules.py).
+
+The project is written against transformers 5.x; an export runs on 4.46 – 5.x: the transformers names
+that `models/hf_compat.py` lists in its `__all__` (the config and model bases, the cache classes, ...)
+are not imported from transformers but served by that module, inlined like a project module (it takes
+transformers' own class where one exists); an import of one under another name becomes an assignment.
 """
 import ast
 import copy
@@ -18,8 +23,10 @@ import os
 import re
 
 from babylm_ds.models.registry import family_of
+from babylm_ds.utils.io import atomic_write_json
 
 _ROOT = "babylm_ds"
+_SHIM = "babylm_ds.models.hf_compat"
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -53,7 +60,7 @@ class _Bundle:
 
     def __init__(self, local):
         self.local = local  # {project module name: relative module that replaces it, e.g. ".configuration_x"}
-        self.order, self.imports, self.bound, self.local_imports = [], {}, {}, {}
+        self.order, self.imports, self.bound, self.local_imports, self.aliases = [], {}, {}, {}, {}
 
     def add(self, module_name, stack=()):
         if module_name in self.order or module_name in self.local:
@@ -71,7 +78,9 @@ class _Bundle:
             elif isinstance(node, ast.ImportFrom):
                 source = _absolute(node, module)
                 if not _is_project(source):
-                    self._bind(node, module_name)
+                    node = self._serve(node, module_name, stack)
+                    if node.names:
+                        self._bind(node, module_name)
                     continue
                 for alias in node.names:
                     if alias.asname and alias.asname != alias.name:
@@ -82,6 +91,20 @@ class _Bundle:
                     else:
                         self.add(target, stack + (module_name,))
         self.order.append(module_name)
+
+    def _serve(self, node, where, stack):
+        """`node` without the transformers names the shim serves; those bring the shim in (and their aliases)."""
+        served = set(importlib.import_module(_SHIM).__all__) if node.module.split(".")[0] == "transformers" else ()
+        kept = [alias for alias in node.names if alias.name not in served]
+        if len(kept) < len(node.names):
+            self.add(_SHIM, stack + (where,))
+            for alias in node.names:
+                if alias.name in served and alias.asname and alias.asname != alias.name:
+                    if self.bound.setdefault(alias.asname, f"{_SHIM}.{alias.name}") != f"{_SHIM}.{alias.name}":
+                        raise ValueError(f"{where}: {alias.asname!r} names both {self.bound[alias.asname]} and "
+                                         f"{_SHIM}.{alias.name}")
+                    self.aliases[alias.asname] = alias.name
+        return ast.ImportFrom(module=node.module, names=kept, level=node.level)
 
     def _bind(self, node, where):
         """Keep a third-party import; refuse two imports that bind one name to different things."""
@@ -110,14 +133,21 @@ class _Bundle:
         return "\n".join(doc + [""] + [line for i, line in enumerate(lines) if i not in drop]).strip("\n")
 
     def defined_names(self, module_name):
+        """Names the module binds at top level, in `try` / `if` blocks too (imports there included)."""
         tree = ast.parse(inspect.getsource(importlib.import_module(module_name)))
-        names = set()
-        for node in tree.body:
+        names, nodes = set(), list(tree.body)
+        while nodes:
+            node = nodes.pop()
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 names.add(node.name)
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
                 for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
                     names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+            elif isinstance(node, (ast.Try, ast.If)):
+                nodes += node.body + node.orelse + getattr(node, "finalbody", [])
+                nodes += [n for handler in getattr(node, "handlers", []) for n in handler.body]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)) and node not in tree.body:
+                names.update(alias.asname or alias.name.split(".")[0] for alias in node.names)
         return names - {"__all__"}
 
 
@@ -142,12 +172,16 @@ def generate(module_name, local=None, title=""):
     imports += [f"from {rel} import {', '.join(sorted(names))}" for rel, names in sorted(bundle.local_imports.items())]
     parts = ["\n".join(header), "\n".join(imports)]
     parts += [f"# ---- {os.path.relpath(f, _REPO)} ----\n\n{bundle.body(n)}" for n, f in zip(bundle.order, files)]
+    if bundle.aliases:  # served names imported under another name, right after the shim that defines them
+        i = 2 + bundle.order.index(_SHIM)
+        parts[i] += "\n\n" + "\n".join(f"{alias} = {name}" for alias, name in sorted(bundle.aliases.items()))
     return re.sub(r"\n{4,}", "\n\n\n", "\n\n\n".join(parts)) + "\n"
 
 
 def write_remote_code(model, out_dir):
     """Write `configuration_<family>.py` and `modeling_<family>.py` into the saved HF folder `out_dir`
-    and add their `auto_map` to its config.json. Returns the file names (none for non-project models)."""
+    and add their `auto_map` (and `torch_dtype`) to its config.json. Returns the file names (none for
+    non-project models)."""
     family = family_of(model)
     if family is None:
         return []
@@ -169,10 +203,25 @@ def write_remote_code(model, out_dir):
         config = json.load(f)
     config["auto_map"] = {"AutoConfig": f"{names['config']}.{family.config_class.__name__}",
                           **{auto: f"{names['model']}.{cls.__name__}" for auto, cls in family.auto_classes.items()}}
-    with open(config_path, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
+    if "dtype" in config:  # transformers < 4.56 reads the weights' dtype from `torch_dtype` (5.x drops it on load)
+        config["torch_dtype"] = config["dtype"]
+    atomic_write_json(config_path, config)
     return files
+
+
+def save_tokenizer(tokenizer, out_dir):
+    """Save `with_bos(tokenizer)` into `out_dir` with a tokenizer_config.json that transformers 4.x reads too:
+    5.x's `TokenizersBackend` named as 4.x's `PreTrainedTokenizerFast` (an alias of it in 5.x), without the
+    arguments of the call that loaded it (`local_files_only`, `is_local`), which 5.x writes back."""
+    with_bos(tokenizer).save_pretrained(out_dir)
+    path = os.path.join(out_dir, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("local_files_only", "is_local"):
+        config.pop(key, None)
+    atomic_write_json(path, config)
 
 
 def with_bos(tokenizer):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from babylm_ds.config import dump, updated
 from babylm_ds.models.card import architecture, facts, launch_command, write_card
-from babylm_ds.models.remote_code import with_bos, write_remote_code
+from babylm_ds.models.remote_code import save_tokenizer, write_remote_code
 from babylm_ds.training.callbacks import TrainState, default_callbacks
 from babylm_ds.training.config import build_ds_config, resolve
 from babylm_ds.training.dist import Watchdog, gather_state_dict, init_distributed
@@ -47,9 +47,9 @@ def fresh_copy(module, state_dict):
 
 def export_hf(module, state_dict, tokenizer, out_dir, card=None):
     """Write `out_dir` atomically as a self-contained HF model dir: safetensors + config + tokenizer (adding
-    BOS by default, see `with_bos`), the generated modeling code of the project's own model families
-    (`auto_map`, for trust_remote_code), manifest.json with sha256 of every file, and the model card
-    (README.md) from `card`'s facts."""
+    BOS by default, loading in transformers 4.x too, see `save_tokenizer`), the generated modeling code of
+    the project's own model families (`auto_map`, for trust_remote_code), manifest.json with sha256 of
+    every file, and the model card (README.md) from `card`'s facts."""
     tmp = f"{out_dir}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -57,7 +57,7 @@ def export_hf(module, state_dict, tokenizer, out_dir, card=None):
         model.save_pretrained(tmp, safe_serialization=True)
         write_remote_code(model, tmp)
         if tokenizer is not None:
-            with_bos(tokenizer).save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
         files = sorted(f for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f)))
         atomic_write_json(os.path.join(tmp, "manifest.json"), {f: sha256_file(os.path.join(tmp, f)) for f in files})
         if card is not None:

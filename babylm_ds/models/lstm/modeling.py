@@ -11,9 +11,17 @@ from .configuration import BabyLSTMConfig
 
 
 class BabyLSTMCache(RecurrentCache):
-    """Per layer the LSTM state (h [1, B, hidden_size], c [1, B, intermediate_size]) plus the tokens consumed."""
+    """Per layer the LSTM state (h [1, B, hidden_size], c [1, B, intermediate_size]) plus the tokens consumed,
+    stored batch first (cache layers reorder beams along dim 0)."""
 
     n_states = 2
+
+    def get_state(self, layer_idx: int):
+        state = super().get_state(layer_idx)
+        return None if state is None else tuple(s.transpose(0, 1) for s in state)
+
+    def set_state(self, layer_idx: int, state):
+        super().set_state(layer_idx, tuple(s.transpose(0, 1) for s in state))
 
 
 def masked_lstm(lstm: nn.LSTM, x, mask, state=None):
