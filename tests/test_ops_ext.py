@@ -183,15 +183,19 @@ def test_bad_shapes_raise():
         hgrn2_ext(q, k, v, g, 1.0, None, False, cu_seqlens=cu)
 
 
+def assert_cuda_matches_oracle(args, scale, tol):
+    """The CUDA kernels (after their self-check in args' dtype) on make()-style args vs the oracle."""
+    ok, why = ext_status("cuda", args[0].dtype)
+    assert ok, why
+    assert_close(grads(hgrn2_ext, *args, scale), reference(*args, scale), tol)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [1, 63, 64, 65, 200])
 @pytest.mark.parametrize("gmin", [-1.0, -20.0])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
 def test_cuda_matches_oracle(T, gmin, dtype, tol):
-    ok, why = ext_status("cuda")
-    assert ok, why
-    args = make(2, T, 3, 16, 24, gmin, dtype, "cuda")
-    assert_close(grads(hgrn2_ext, *args, 0.25), reference(*args, 0.25), tol)
+    assert_cuda_matches_oracle(make(2, T, 3, 16, 24, gmin, dtype, "cuda"), 0.25, tol)
 
 
 @pytest.mark.gpu
@@ -204,11 +208,9 @@ def test_cuda_long_sequence_strong_decay():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
 def test_cuda_head_dim_128(dtype, tol):
     """K = V = 128 (two 64-column tiles each way; the shared memory fits an A100), g down to -20."""
-    ok, why = ext_status("cuda")
-    assert ok, why
     args = make(2, 300, 4, 128, 128, -20.0, dtype, "cuda")
     args[3][:, :100] *= 0.05  # chunks on the reference-product path too
-    assert_close(grads(hgrn2_ext, *args, 128 ** -0.5), reference(*args, 128 ** -0.5), tol)
+    assert_cuda_matches_oracle(args, 128 ** -0.5, tol)
 
 
 @pytest.mark.gpu
@@ -234,25 +236,20 @@ def test_cuda_row_alignment(dtype, tol, K, V, off):
     """K = 20, V = 36 at a storage offset that keeps every row 16-byte aligned where K es and V es are
     multiples of 16 (fp32: the cp.async path) and at one that does not, and the shapes whose per-head
     rows the former predicate took for aligned (bf16 V = 12, fp32 K = 6 at H = 2): fwd + bwd vs the oracle."""
-    ok, why = ext_status("cuda", dtype)
-    assert ok, why
     args = make(2, 130, 2, K, V, -3.0, dtype, "cuda")
-    args = [at_offset(x, off) for x in args[:4]] + args[4:]
-    assert_close(grads(hgrn2_ext, *args, 0.3), reference(*args, 0.3), tol)
+    assert_cuda_matches_oracle([at_offset(x, off) for x in args[:4]] + args[4:], 0.3, tol)
 
 
 @pytest.mark.gpu
 def test_cuda_grid_folds_past_65535_sequence_heads():
     """B H = 4200 x 16 = 67,200 sequence-heads, past gridDim.y's 65535 (K1's grid before folding)."""
-    args = make(4200, 3, 16, 8, 8, -2.0, torch.bfloat16, "cuda")
-    assert_close(grads(hgrn2_ext, *args, 0.3), reference(*args, 0.3), 5e-2)
+    assert_cuda_matches_oracle(make(4200, 3, 16, 8, 8, -2.0, torch.bfloat16, "cuda"), 0.3, 5e-2)
 
 
 @pytest.mark.gpu
 def test_cuda_fp16_state_past_fp16_range():
     """fp16 with a state and a state gradient past 65504 (fp16_range_inputs): finite and correct."""
-    args = fp16_range_inputs("cuda")
-    assert_close(grads(hgrn2_ext, *args, 1.0), reference(*args, 1.0), 1e-2)
+    assert_cuda_matches_oracle(fp16_range_inputs("cuda"), 1.0, 1e-2)
 
 
 def test_cuda_selfcheck_catches_late_faults_and_checks_every_dtype(monkeypatch):
@@ -287,3 +284,18 @@ def test_cuda_selfcheck_catches_late_faults_and_checks_every_dtype(monkeypatch):
     assert check(cpu, torch.float32) == (True, "") and check(cpu, torch.bfloat16) == (True, "")
     ok, why = check(cpu, torch.float16)
     assert not ok and why.startswith("hgrn2 cuda self-check (float16 on cpu): dq relative error"), why
+
+
+@pytest.mark.gpu
+def test_cuda_lean_variants(monkeypatch):
+    """The fp32 kernels of a 99 KiB device (lean K1 / K3), run here by capping the planned shared memory
+    (BABYLM_DS_SMEM_OPTIN), K = 128, V = 72: vs the oracle and bit for bit the full kernels."""
+    ok, why = ext_status("cuda", torch.float32)
+    assert ok, why
+    args = make(2, 150, 2, 128, 72, -2.0, torch.float32, "cuda")
+    full = grads(hgrn2_ext, *args, 0.2)
+    monkeypatch.setenv("BABYLM_DS_SMEM_OPTIN", "101376")
+    lean = grads(hgrn2_ext, *args, 0.2)
+    assert_close(lean, reference(*args, 0.2), 1e-4)
+    for a, b in zip(full, lean):
+        assert torch.equal(a, b)
