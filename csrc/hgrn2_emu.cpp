@@ -95,7 +95,7 @@ Grid grid_of(const OptV& lim) {
 
 size_t smem_of(c10::optional<int64_t> optin) {
   TORCH_CHECK_VALUE(!optin || *optin > 0, "hgrn2 emulation: smem_optin must be positive");
-  return optin ? (size_t)*optin : 232448;  // sm_90
+  return optin ? (size_t)*optin : SIZE_MAX;  // unset: no limit, the full variants
 }
 
 int mode_id(const std::string& m) {

@@ -12,8 +12,8 @@ using OptV = c10::optional<std::vector<int64_t>>;
 // operand precision; inputs are cast to bf16, fp16, fp32 or fp64 as the CUDA launcher gets them). vec:
 // the 16-byte cp.async loads (unset: where hgrn2_vec_ok allows them; true: forced, and a misaligned
 // piece throws), grid_max: the launch grid limits (x, y, z) the grids fold within (unset: CUDA's),
-// smem_optin: the device's shared memory per block, which picks the kernel variants (hgrn2_smem_plan;
-// unset: an H100/H200's 232,448 B).
+// smem_optin: a device's shared memory per block, which picks the kernel variants (hgrn2_smem_plan;
+// unset: no limit, the full variants).
 std::tuple<at::Tensor, OptT> hgrn2_emu_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            const at::Tensor& g, double scale, const OptT& h0,
                                            bool output_final_state, const OptT& cu_seqlens, const std::string& mode,

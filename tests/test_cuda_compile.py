@@ -2,7 +2,7 @@
 fails on register spills, on shared memory (static + the dynamic bytes of the variant the launcher picks
 there) over the architecture's per-block budget, or on kernels whose PTX has no tensor-core mma. Skipped
 only when nvcc is absent. Intermediates and the ptxas log stay in build/nvcc_check, reused while newer
-than the sources and made by the same command (one nvcc run for the three archs: about 4-5 min of CPU
+than the sources and made by the same command (one nvcc run for the three archs: about 5 min of CPU
 time, measured). The shared-memory plan itself is checked for every arch without nvcc."""
 import os
 import re
