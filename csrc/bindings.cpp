@@ -95,12 +95,11 @@ static int cuda_dtype(const at::Tensor& t) {
 }
 
 // Sequences: B of T rows, or (B = 1) the cu_seqlens segments of the packed rows. Offsets on the CPU
-// are copied to the device (no sync); on the device they are used in place.
+// are copied to the device (no sync); on the device they are used in place. vec: set by the caller
+// (hgrn2_vec_ok) once the workspaces exist.
 static hgrn2_cuda::Problem cuda_problem(const at::Tensor& q, const at::Tensor& v, double scale, const at::Tensor& cu) {
-  const int64_t es = q.element_size(), H = q.size(2), K = q.size(3), V = v.size(3);
-  return {cu.defined() ? (int)cu.size(0) - 1 : (int)q.size(0), (int)q.size(1), (int)H, (int)K, (int)V, (float)scale,
-          cuda_dtype(q), cu.defined() ? cu.data_ptr<int>() : nullptr,
-          (H * K * es) % 16 == 0 && (H * V * es) % 16 == 0 && V % 4 == 0};
+  return {cu.defined() ? (int)cu.size(0) - 1 : (int)q.size(0), (int)q.size(1), (int)q.size(2), (int)q.size(3),
+          (int)v.size(3), (float)scale, cuda_dtype(q), cu.defined() ? cu.data_ptr<int>() : nullptr, false};
 }
 
 static at::Tensor f32(const OptT& t) { return t ? t->to(at::kFloat).contiguous() : at::Tensor(); }
@@ -109,12 +108,6 @@ static at::Tensor cu_on(const OptT& cu, const at::Tensor& q) {
   if (!cu) return at::Tensor();
   TORCH_CHECK_VALUE(q.size(0) == 1, "hgrn2: cu_seqlens needs packed inputs with B = 1, got B = ", q.size(0));
   return cu->to(q.device(), at::kInt, /*non_blocking=*/true).contiguous();
-}
-
-static bool aligned(std::initializer_list<const at::Tensor*> ts) {
-  for (const at::Tensor* t : ts)
-    if (t->defined() && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16) return false;
-  return true;
 }
 
 static std::tuple<at::Tensor, OptT> fwd_cuda(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor g, double scale,
@@ -129,7 +122,7 @@ static std::tuple<at::Tensor, OptT> fwd_cuda(at::Tensor q, at::Tensor k, at::Ten
   auto fo = q.options().dtype(at::kFloat);
   at::Tensor states = at::empty({hgrn2_cuda::chunk_slots(p), p.H, p.K, p.V}, fo);
   at::Tensor ht = output_final_state ? at::empty({p.N, p.H, p.K, p.V}, fo) : at::Tensor();
-  p.vec = p.vec && aligned({&q, &k, &v, &g, &o, &states});
+  p.vec = hgrn2_vec_ok({q, k, v, g, states});
   const char* err = hgrn2_cuda::fwd(p, q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), cptr<float>(h0_),
                                     o.data_ptr(), states.data_ptr<float>(), mptr<float>(ht),
                                     c10::cuda::getCurrentCUDAStream());
@@ -154,7 +147,7 @@ static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, OptT> bwd_cuda
   at::Tensor states = at::empty({slots, p.H, p.K, p.V}, fo), dh = at::empty({slots, p.H, p.K, p.V}, fo);
   at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v), dg = at::empty(q.sizes(), fo);
   at::Tensor dh0 = h0 ? at::empty({p.N, p.H, p.K, p.V}, fo) : at::Tensor();
-  p.vec = p.vec && aligned({&q, &k, &v, &g, &dout, &states, &dh});
+  p.vec = hgrn2_vec_ok({q, k, v, g, dout, states, dh});
   const char* err = hgrn2_cuda::bwd(p, q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), cptr<float>(h0_),
                                     dout.data_ptr(), cptr<float>(dht_), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
                                     dg.data_ptr<float>(), states.data_ptr<float>(), dh.data_ptr<float>(),
@@ -221,14 +214,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("dht"), py::arg("cu_seqlens") = py::none());
   m.def("hgrn2_emu_fwd", &hgrn2_emu_fwd, "the GPU kernels' forward, emulated on the CPU (mode: bf16, fp16, tf32x3, fp64)",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("g"), py::arg("scale"), py::arg("initial_state"),
-        py::arg("output_final_state"), py::arg("cu_seqlens"), py::arg("mode"));
+        py::arg("output_final_state"), py::arg("cu_seqlens"), py::arg("mode"), py::arg("vec") = py::none(),
+        py::arg("grid_max") = py::none(), py::arg("smem_optin") = py::none());
   m.def("hgrn2_emu_bwd", &hgrn2_emu_bwd, "the GPU kernels' backward, emulated on the CPU", py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("g"), py::arg("scale"), py::arg("initial_state"), py::arg("do"),
-        py::arg("dht"), py::arg("cu_seqlens"), py::arg("mode"));
+        py::arg("dht"), py::arg("cu_seqlens"), py::arg("mode"), py::arg("vec") = py::none(),
+        py::arg("grid_max") = py::none(), py::arg("smem_optin") = py::none());
   m.def("hgrn2_tile_gemm", &hgrn2_tile_gemm, "one emulated warp's 16 x N tile GEMM (src: kn, nk, fn)", py::arg("a"),
         py::arg("b"), py::arg("mode"), py::arg("src"));
-  m.def("hgrn2_tile_smem", &hgrn2_tile_smem, "dynamic shared memory bytes of the CUDA kernels K1, K2, K3",
-        py::arg("mode"));
+  m.def("hgrn2_vec_ok", &hgrn2_vec_ok, "whether the CUDA kernels load these tensors with 16-byte cp.async",
+        py::arg("tensors"));
+  m.def("hgrn2_smem_plan", &hgrn2_smem_plan,
+        "(K1 lean, K3 lean, [K1, K2, K3 bytes], error) of the CUDA kernels on a device allowing optin bytes per block",
+        py::arg("mode"), py::arg("optin"));
+  m.def("hgrn2_launch_grids", &hgrn2_launch_grids, "[(kernel, grid, launch grid)] of one forward and backward call",
+        py::arg("N"), py::arg("T"), py::arg("H"), py::arg("K"), py::arg("V"), py::arg("varlen"),
+        py::arg("grid_max") = py::none());
   m.def("has_cuda", &has_cuda, "whether the CUDA kernels were compiled in");
   m.def("cpu_isa", &hgrn2::cpu_isa, "instruction set the CPU kernels run with");
 }

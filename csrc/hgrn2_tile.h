@@ -8,9 +8,12 @@
 // A per-thread value is an R<T>: one T on the device, one T per (warp, lane) on the host, indexed by
 // the thread id `th` that lanes() hands out.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <stdexcept>
 #include <type_traits>
 
 #include "hgrn2_common.h"
@@ -237,9 +240,31 @@ struct Host {
   static void cp_commit() {}
   template <int N> static void cp_wait() {}
 
-  // Block-cooperative copy of a [rows, cols] tile (row strides ldd, lds) into [RT, CT], zero-filled.
+  // Block-cooperative copy of a [rows, cols] tile (row strides ldd, lds) into [RT, CT], zero-filled;
+  // with `vec` and matching types in 16-byte pieces as Dev's cp.async, each piece's global and shared
+  // addresses checked: a misaligned one throws where the device would fault.
   template <class T, class S>
-  static void load_tile(T* dst, int ldd, const S* src, long lds, int rows, int cols, int RT, int CT, bool) {
+  static void load_tile(T* dst, int ldd, const S* src, long lds, int rows, int cols, int RT, int CT, bool vec) {
+    if constexpr (std::is_same<T, S>::value) {
+      if (vec) {
+        constexpr int kE = 16 / sizeof(T);
+        for (int r = 0; r < RT; ++r)
+          for (int c = 0; c < CT; c += kE) {
+            const int n = r < rows ? std::max(0, std::min(kE, cols - c)) : 0;
+            const T* s = n ? src + r * lds + c : src;
+            T* d = dst + r * ldd + c;
+            if ((reinterpret_cast<uintptr_t>(s) | reinterpret_cast<uintptr_t>(d)) % 16) {
+              char msg[128];
+              snprintf(msg, sizeof msg, "hgrn2 emulation: misaligned 16-byte cp.async (global %p, shared %p)",
+                       (const void*)s, (void*)d);
+              throw std::runtime_error(msg);
+            }
+            memcpy(d, s, n * sizeof(T));
+            memset(d + n, 0, (kE - n) * sizeof(T));
+          }
+        return;
+      }
+    }
     for (int r = 0; r < RT; ++r)
       for (int c = 0; c < CT; ++c) dst[r * ldd + c] = r < rows && c < cols ? conv<T>(src[r * lds + c]) : conv<T>(0.0f);
   }

@@ -18,9 +18,28 @@ def make(B, T, H, K, V, gmin, dtype=torch.float64, device="cpu", seed=0):
     return [x.to(device, dtype) for x in (q, k, v, g)] + [x.to(device) for x in (h0, do, dht)]
 
 
+def at_offset(x, off):
+    """x's values stored `off` elements into a fresh buffer (a storage offset, as a slice of a larger tensor)."""
+    buf = torch.empty(off + x.numel(), dtype=x.dtype, device=x.device)
+    return buf[off:].view_as(x).copy_(x)
+
+
+def fp16_range_inputs(device="cpu"):
+    """Inputs (fp16; scale 1) for which head 0's state and head 1's state gradient pass 65504, fp16's
+    largest, over 640 weakly decaying steps, while o, dq, dk, dv stay in fp16's range."""
+    q, k, v, g, h0, do, dht = make(1, 640, 2, 16, 16, -1e-4, torch.float64, seed=2)
+    big, small = (lambda x: 12 + x), (lambda x: 1e-3 * x)
+    for h, (fq, fk) in enumerate([(small, big), (big, small)]):  # head 0: k, v large; head 1: q, do large
+        for x, f in ((q, fq), (do, fq), (k, fk), (v, fk)):
+            x[:, :, h] = f(x[:, :, h])
+    return [x.to(device, torch.float16) for x in (q, k, v, g)] + [x.to(device, torch.float32) for x in
+                                                                   (0 * h0, do.half(), 0 * dht)]
+
+
 def grads(fn, q, k, v, g, h0, do, dht, scale):
-    """(o, ht, dq, dk, dv, dg, dh0) of sum(o*do) + sum(ht*dht)."""
-    ins = [x.detach().clone().requires_grad_() for x in (q, k, v, g, h0)]
+    """(o, ht, dq, dk, dv, dg, dh0) of sum(o*do) + sum(ht*dht); the inputs are used in place (storage
+    offsets stay), through aliases that take the gradients."""
+    ins = [x.detach().requires_grad_() for x in (q, k, v, g, h0)]
     o, ht = fn(*ins[:4], scale, ins[4], True)
     loss = (o.double() * do.double()).sum() + (ht.double() * dht.double()).sum()
     return [o, ht, *torch.autograd.grad(loss, ins)]
@@ -164,15 +183,19 @@ def test_bad_shapes_raise():
         hgrn2_ext(q, k, v, g, 1.0, None, False, cu_seqlens=cu)
 
 
+def assert_cuda_matches_oracle(args, scale, tol):
+    """The CUDA kernels (after their self-check in args' dtype) on make()-style args vs the oracle."""
+    ok, why = ext_status("cuda", args[0].dtype)
+    assert ok, why
+    assert_close(grads(hgrn2_ext, *args, scale), reference(*args, scale), tol)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [1, 63, 64, 65, 200])
 @pytest.mark.parametrize("gmin", [-1.0, -20.0])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
 def test_cuda_matches_oracle(T, gmin, dtype, tol):
-    ok, why = ext_status("cuda")
-    assert ok, why
-    args = make(2, T, 3, 16, 24, gmin, dtype, "cuda")
-    assert_close(grads(hgrn2_ext, *args, 0.25), reference(*args, 0.25), tol)
+    assert_cuda_matches_oracle(make(2, T, 3, 16, 24, gmin, dtype, "cuda"), 0.25, tol)
 
 
 @pytest.mark.gpu
@@ -185,11 +208,9 @@ def test_cuda_long_sequence_strong_decay():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
 def test_cuda_head_dim_128(dtype, tol):
     """K = V = 128 (two 64-column tiles each way; the shared memory fits an A100), g down to -20."""
-    ok, why = ext_status("cuda")
-    assert ok, why
     args = make(2, 300, 4, 128, 128, -20.0, dtype, "cuda")
     args[3][:, :100] *= 0.05  # chunks on the reference-product path too
-    assert_close(grads(hgrn2_ext, *args, 128 ** -0.5), reference(*args, 128 ** -0.5), tol)
+    assert_cuda_matches_oracle(args, 128 ** -0.5, tol)
 
 
 @pytest.mark.gpu
@@ -206,3 +227,75 @@ def test_cuda_varlen(dtype, tol, cu_device):
     o, ht = hgrn2_ext(*ins[:4], 0.3, ins[4], True, cu_seqlens=cu)
     got = [o, ht, *torch.autograd.grad((o.float() * do).sum() + (ht * dht).sum(), ins)]
     assert_close(got, varlen_reference(q, k, v, g, h0, do, dht, cu.cpu(), 0.3), tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("K,V,off", [(20, 36, 8), (20, 36, 1), (16, 12, 0), (6, 16, 0)])
+def test_cuda_row_alignment(dtype, tol, K, V, off):
+    """K = 20, V = 36 at a storage offset that keeps every row 16-byte aligned where K es and V es are
+    multiples of 16 (fp32: the cp.async path) and at one that does not, and the shapes whose per-head
+    rows the former predicate took for aligned (bf16 V = 12, fp32 K = 6 at H = 2): fwd + bwd vs the oracle."""
+    args = make(2, 130, 2, K, V, -3.0, dtype, "cuda")
+    assert_cuda_matches_oracle([at_offset(x, off) for x in args[:4]] + args[4:], 0.3, tol)
+
+
+@pytest.mark.gpu
+def test_cuda_grid_folds_past_65535_sequence_heads():
+    """B H = 4200 x 16 = 67,200 sequence-heads, past gridDim.y's 65535 (K1's grid before folding)."""
+    assert_cuda_matches_oracle(make(4200, 2, 16, 8, 8, -2.0, torch.bfloat16, "cuda"), 0.3, 5e-2)
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_state_past_fp16_range():
+    """fp16 with a state and a state gradient past 65504 (fp16_range_inputs): finite and correct."""
+    assert_cuda_matches_oracle(fp16_range_inputs("cuda"), 1.0, 1e-2)
+
+
+def test_cuda_selfcheck_catches_late_faults_and_checks_every_dtype(monkeypatch):
+    """The CUDA self-check, run here on the CPU kernels (same interface): it synchronizes before reading
+    anything back, so a fault that surfaces only then (as an asynchronous CUDA error does) fails it with
+    one line naming backend, dtype and error; fp32, bf16 and fp16 are each compared with the oracle, and
+    a wrong result names its dtype and output."""
+    from babylm_ds.ops.hgrn2 import ext
+
+    check, cpu, real = ext._cuda_selfcheck.__wrapped__, torch.device("cpu"), ext._C
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert check(cpu, dtype) == (True, "")
+
+    def fault(device):
+        raise RuntimeError("CUDA error: misaligned address\nCUDA kernel errors might be asynchronously reported")
+
+    monkeypatch.setattr(ext, "_sync", fault)
+    ok, why = check(cpu, torch.bfloat16)
+    assert not ok and "\n" not in why and "misaligned address" in why, why
+    assert why.startswith("hgrn2 cuda self-check (bfloat16 on cpu): the kernels raised RuntimeError"), why
+    monkeypatch.setattr(ext, "_sync", lambda device: None)
+
+    class Fp16Off:  # the fp16 kernels' dq 10% off, the others right
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def hgrn2_bwd(self, q, *a):
+            dq, *rest = real.hgrn2_bwd(q, *a)
+            return (dq * 1.1 if q.dtype == torch.float16 else dq, *rest)
+
+    monkeypatch.setattr(ext, "_C", Fp16Off())
+    assert check(cpu, torch.float32) == (True, "") and check(cpu, torch.bfloat16) == (True, "")
+    ok, why = check(cpu, torch.float16)
+    assert not ok and why.startswith("hgrn2 cuda self-check (float16 on cpu): dq relative error"), why
+
+
+@pytest.mark.gpu
+def test_cuda_lean_variants(monkeypatch):
+    """The fp32 kernels of a 99 KiB device (lean K1 / K3), run here by capping the planned shared memory
+    (BABYLM_DS_SMEM_OPTIN), K = 128, V = 72: vs the oracle and bit for bit the full kernels."""
+    ok, why = ext_status("cuda", torch.float32)
+    assert ok, why
+    args = make(2, 150, 2, 128, 72, -2.0, torch.float32, "cuda")
+    full = grads(hgrn2_ext, *args, 0.2)
+    monkeypatch.setenv("BABYLM_DS_SMEM_OPTIN", "101376")
+    lean = grads(hgrn2_ext, *args, 0.2)
+    assert_close(lean, reference(*args, 0.2), 1e-4)
+    for a, b in zip(full, lean):
+        assert torch.equal(a, b)
