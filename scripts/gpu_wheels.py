@@ -8,11 +8,18 @@ with).
 
     python scripts/gpu_wheels.py plan          # NAME==VERSION of every wheel to gather, one a line
     python scripts/gpu_wheels.py check [.whl]  # exit 1 with one line per problem; no network
+    python scripts/gpu_wheels.py run -- CMD    # CMD with only the GPU machine's packages + the wheels importable
+
+`run` emulates the GPU machine's package set here: every Python process under CMD (PYTHONPATH carries a
+sitecustomize) fails to import a module whose distributions are all neither on the machine nor carried.
 """
 import argparse
 import importlib.metadata as md
+import os
 import re
+import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -156,13 +163,56 @@ def unverified(folder):
     return sorted(out)
 
 
+HIDE = """import importlib.abc, sys
+
+
+class _NotOnTheGPUMachine(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {hidden!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not on the GPU machine, not carried)", name=name)
+
+
+sys.meta_path.insert(0, _NotOnTheGPUMachine())
+"""
+
+
+def hidden_modules():
+    """Top-level modules installed here that the GPU machine would lack: their distributions are neither
+    GPU_PACKAGES, nor planned wheels, nor this project, nor needed by one of those as installed here (a
+    package there brings its own needs, whatever they are at its version)."""
+    todo, allowed = list(GPU_PACKAGES) + [name for name, _ in plan()] + ["babylm-ds"], set()
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in allowed:
+            continue
+        allowed.add(name)
+        try:
+            todo += [r.name for r in requires(md.distribution(name).metadata)]
+        except md.PackageNotFoundError:
+            pass
+    return sorted(m for m, dists in md.packages_distributions().items()
+                  if m not in sys.stdlib_module_names and not any(canonicalize_name(d) in allowed for d in dists))
+
+
+def run(cmd):
+    """Exit status of `cmd` run with hidden_modules() unimportable in its Python processes."""
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "sitecustomize.py").write_text(HIDE.format(hidden=set(hidden_modules())))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [d, os.environ.get("PYTHONPATH")]))}
+        return subprocess.run(cmd, env=env).returncode
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("plan", help="print NAME==VERSION of every wheel to gather")
     c = sub.add_parser("check", help="check a folder of wheels (exit 1 with one line per problem)")
     c.add_argument("folder", nargs="?", default=str(ROOT / ".whl"))
+    r = sub.add_parser("run", help="run a command with the GPU machine's packages (and the wheels) only")
+    r.add_argument("command", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
+    if a.cmd == "run":
+        return run(a.command[1:] if a.command[:1] == ["--"] else a.command)
     if a.cmd == "plan":
         print("\n".join(f"{n}=={v}" for n, v in plan()))
         return 0
