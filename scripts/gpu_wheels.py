@@ -163,13 +163,20 @@ def unverified(folder):
     return sorted(out)
 
 
-HIDE = """import importlib.abc, sys
+HIDE = """import importlib.abc, importlib.machinery, os, site, sys
+
+HIDDEN, SITE = {hidden!r}, [os.path.join(d, "") for d in site.getsitepackages()]
 
 
 class _NotOnTheGPUMachine(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {hidden!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (not on the GPU machine, not carried)", name=name)
+    def find_spec(self, name, path=None, target=None):  # as if not installed: a copy vendored elsewhere still counts
+        if name in HIDDEN:
+            rest = [p for p in (path or sys.path) if os.path.join(os.path.abspath(p or "."), "") not in SITE]
+            spec = importlib.machinery.PathFinder.find_spec(name, rest)
+            if spec is None:
+                raise ModuleNotFoundError(f"No module named {{name!r}} (not on the GPU machine, not carried)",
+                                          name=name)
+            return spec
 
 
 sys.meta_path.insert(0, _NotOnTheGPUMachine())
