@@ -78,15 +78,15 @@ def test_epochs_that_fit():
 
 
 def test_phase_costs_follow_the_measurements():
-    m = {"job_s": 10.0, "student_arch": "a", "eval": {"epoch_texts": 100, "final_texts": 1000, "dev_batches": 2},
+    m = {"imports_s": 4.0, "job_s": 10.0, "student_arch": "a", "eval": {"epoch_texts": 100, "final_texts": 1000, "dev_batches": 2},
          "archs": {"a": {"step_s": 0.1, "fwd_s": 0.5, "text_s": 0.01}, "b": {"step_s": 0.2, "fwd_s": 1.0, "text_s": 0.02}}}
     p1, p2 = sizing.phase_costs(m, steps_per_epoch=50, n_train=160)(2)
     train = lambda a, f=1.0: 10 + 2 * (50 * a["step_s"] * f + 100 * a["text_s"])  # noqa: E731
     final = lambda a: 10 + 1000 * a["text_s"] + 2 * a["fwd_s"]  # noqa: E731
     a, b = m["archs"]["a"], m["archs"]["b"]
-    assert p1 == pytest.approx(train(a) + final(a) + train(b) + final(b))
+    assert p1 == pytest.approx(4 + train(a) + final(a) + train(b) + final(b))
     cache = 10 + 1.0 * sizing.CACHE_COST * 10  # the slower forward, 160 / 16 batches
-    assert p2 == pytest.approx(cache + train(a, sizing.KD_COST) + final(a))
+    assert p2 == pytest.approx(4 + cache + train(a, sizing.KD_COST) + final(a))
 
 
 def test_better_teacher_and_student_spec(tmp_path):

@@ -6,11 +6,12 @@ own settings (DeepSpeed config, micro batch, bf16), a few training steps and tea
 architecture and the zero-shot scoring rate, then gives every run the largest whole number of epochs
 (a fraction when not even one fits) whose predicted time fits both phases' budgets:
 
-    phase 1 = sum over archs of [job + E (S step + epoch eval) + job + final eval]
-    phase 2 = job + cache + job + E (S step_kd + epoch eval) + job + final eval
+    phase 1 = start + sum over archs of [job + E (S step + epoch eval) + job + final eval]
+    phase 2 = start + job + cache + job + E (S step_kd + epoch eval) + job + final eval
 
-with S steps per epoch, `job` the measured start-up of a job process plus JOB_S, cache = one teacher
-forward per batch of CACHE_BATCH sequences over the train split. Budgets are scaled by SAFETY first.
+with S steps per epoch, `start` the measured start-up (imports) of a process (here: the study's own),
+`job` = start + JOB_S, cache = one teacher forward per batch of CACHE_BATCH sequences over the train split.
+Budgets are scaled by SAFETY first.
 
     python -m babylm_ds.study.sizing prepare SPEC --study-dir DIR [--tiny]   # DIR/base.json + the data
     python -m babylm_ds.study.sizing size DIR --phase1 S --phase2 S --report sizing.json  # DIR/phase1.json
@@ -80,8 +81,8 @@ def phase_costs(m, steps_per_epoch, n_train):
         return job + ev["final_texts"] * a["text_s"] + ev["dev_batches"] * a["fwd_s"]
 
     cache = job + max(a["fwd_s"] for a in archs.values()) * CACHE_COST * math.ceil(n_train / CACHE_BATCH)
-    return lambda e: [sum(train(a, e) + final(a) for a in archs.values()),
-                      cache + train(student, e, KD_COST) + final(student)]
+    return lambda e: [m["imports_s"] + sum(train(a, e) + final(a) for a in archs.values()),
+                      m["imports_s"] + cache + train(student, e, KD_COST) + final(student)]
 
 
 def _timed(fn, n, sync):
