@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from babylm_ds.study import load_spec, sizing
-from launch import ROOT
+from launch import HANG_S, ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import gpu_wheels  # noqa: E402
@@ -132,7 +132,7 @@ def _run_tiny(tmp_path, script):
     env.update(PYTHON=sys.executable, GIT_COMMIT="0123abc", GPU_WORK=str(tmp_path / "work"), OMP_NUM_THREADS="1",
                TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions")))
     cmd = [sys.executable, "scripts/gpu_wheels.py", "run", "--", "bash", f"scripts/{script}", str(out), "--tiny"]
-    r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=3600)
+    r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=HANG_S)
     files = sorted(p.name for p in out.iterdir())
     env_txt = (out / "gpu_env.txt").read_text()
     assert r.returncode == 0, env_txt + r.stdout[-3000:] + r.stderr[-3000:]

@@ -37,7 +37,7 @@ KD_COST = 1.15  # a distillation step / a plain step (the KL over the cached top
 CACHE_BATCH = 16  # the teacher-logit cache's --batch-size default
 CACHE_COST = 2.0  # fp32 teacher (the cache's default) vs the timed bf16 forward, top-k and writes (estimate)
 MAX_EPOCHS = 20
-# --tiny: the same phases and code on a CPU in about two minutes per phase (tests, `gpu_learn.sh --tiny`)
+# --tiny: the same phases and code at CPU test size (tests, `gpu_learn.sh --tiny`)
 TINY = {"data": {"max_words": 8000, "vocab_size": 500, "seq_len": 64},
         "training": {"micro_batch": 8, "warmup_steps": 2, "bf16": False, "dev_max_seqs": 16},
         "config": {"hgrn2": {"hidden_size": 32, "num_hidden_layers": 2, "expand_ratio": 16, "intermediate_size": 64},
