@@ -13,12 +13,16 @@ FLOP count (per batch*head, chunk C = 64, useful work of the chunked algorithm):
                                                     q k^T and A v on the causal half)
     forward+backward 3x the forward (the usual convention)
 Achieved GFLOP/s are compared with this machine's square fp32 GEMM (torch.matmul, 2048^3).
-Times are the best of --repeats (10) rounds after a warm-up; each round calls every configuration
-(GEMM, each T, backend and pass) once in turn, so that a noisy stretch of a shared machine hits them
-alike rather than the few measured while it lasts, and the minimum is the least disturbed call.
+Each (shape, T) is one case, timed as the best of --repeats (10) rounds after a warm-up; each round
+calls the GEMM and every backend and pass of the case once in turn, so that a noisy stretch of a shared
+machine hits them alike rather than the few measured while it lasts, and the minimum is the least
+disturbed call (the GEMM rate reported is the best over the cases).
 
-Prints a table (speed vs torch-chunked, fla and SDPA, % of GEMM), PASS/FAIL for the CPU targets,
-and writes JSON (machine, versions, git commit, results) and a log-log PNG of time vs T per shape.
+A backend that fails in a case (a Triton CompilationError or OutOfResources, a launch error, memory)
+gets a row with its `error` and the run goes on. Prints a table (speed vs torch-chunked, fla and SDPA,
+% of GEMM), PASS/FAIL for the targets, and writes JSON (machine, versions, git commit, results) after
+every case, atomically, so a run stopped by a time limit keeps what it measured; at the end, a log-log
+PNG of time vs T per shape.
 """
 import argparse
 import importlib.metadata
@@ -57,20 +61,35 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def best_times(fns, device, repeats):
-    """Seconds of each fn: the best of `repeats` rounds that call every fn once in turn, after one
-    warm-up call each."""
-    for fn in fns:
-        fn()
-    sync(device)
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+def error_text(e):
+    """One line naming an exception (compilation, resources, launch, memory) for a JSON row."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+
+
+def best_times(groups, device, repeats):
+    """({name: [seconds of each fn]}, {name: error}) for groups {name: [fn, ...]}: the best of `repeats`
+    rounds that call every fn once in turn, after one warm-up call each. A group whose call raises leaves
+    the rounds with its error; the others go on."""
+    best, errors = {name: [float("inf")] * len(fns) for name, fns in groups.items()}, {}
+
+    def call(name, i, fn):
+        try:
             t = time.perf_counter()
             fn()
             sync(device)
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best
+            best[name][i] = min(best[name][i], time.perf_counter() - t)
+        except Exception as e:  # a backend's own failure: recorded, the run goes on
+            errors[name] = error_text(e)
+            best.pop(name)
+
+    for round_ in range(1 + repeats):
+        for name, fns in groups.items():
+            for i, fn in enumerate(fns):
+                if name in best:
+                    call(name, i, fn)
+        if round_ == 0:  # the warm-up call is not timed
+            best = {name: [float("inf")] * len(t) for name, t in best.items()}
+    return best, errors
 
 
 def backends(device):
@@ -80,8 +99,8 @@ def backends(device):
         x = torch.zeros(1, 4, 1, 8, device=device)
         try:
             hgrn2(x, x, x, -x.abs(), backend=name)
-        except (RuntimeError, ImportError) as e:
-            print(f"skip backend {name}: {e}")
+        except Exception as e:  # unavailable, or failing to compile or launch here
+            print(f"skip backend {name}: {error_text(e)}")
             continue
         out[name] = lambda q, k, v, g, name=name: hgrn2(q, k, v, g, backend=name)[0]
     if device.type == "cuda":
@@ -89,8 +108,8 @@ def backends(device):
             from fla.ops.gla import chunk_gla
 
             out["fla"] = lambda q, k, v, g: chunk_gla(q, k, v, g)[0]
-        except ImportError as e:
-            print(f"skip fla: {e}")
+        except Exception as e:
+            print(f"skip fla: {error_text(e)}")
 
     def sdpa(q, k, v, g):
         o = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
@@ -138,7 +157,7 @@ def check_targets(rows, gemm, device):
     """PASS/FAIL of the targets (None when a needed point was not measured): the CPU ones, or on a
     GPU issue 10's: cuda <= 1.0x and triton <= 1.5x fla's fwd+bwd time at every point, and the op
     (our fastest backend) <= SDPA at T >= 2048 (bf16, B*H = 128)."""
-    t = {(r["shape"], r["backend"], r["T"]): r["fwd_bwd_s"] for r in rows}
+    t = {(r["shape"], r["backend"], r["T"]): r["fwd_bwd_s"] for r in rows if r["fwd_bwd_s"] is not None}
 
     def ratio(a, b):
         return t[a] / t[b] if a in t and b in t else None
@@ -146,7 +165,7 @@ def check_targets(rows, gemm, device):
     checks = {}
     if device.type == "cpu":
         shape = rows[0]["shape"]
-        gf = {r["T"]: r["fwd_bwd_gflops"] for r in rows if r["backend"] == "cpu"}
+        gf = {r["T"]: r["fwd_bwd_gflops"] for r in rows if r["backend"] == "cpu" and r["fwd_bwd_gflops"]}
         p = lambda name, T: (shape, name, T)  # noqa: E731
         checks = {
             "cpu fwd+bwd >= 2x torch-chunked at T=2048": (ratio(p("torch", 2048), p("cpu", 2048)), 2.0, ">="),
@@ -186,8 +205,9 @@ def plot(rows, path, title):
     for ax, shape in zip(axes[0], shapes):
         sub = [r for r in rows if r["shape"] == shape]
         for name in dict.fromkeys(r["backend"] for r in sub):
-            pts = [(r["T"], r["fwd_bwd_s"] * 1e3) for r in sub if r["backend"] == name]
-            ax.plot(*zip(*pts), marker="o", label=name)
+            pts = [(r["T"], r["fwd_bwd_s"] * 1e3) for r in sub if r["backend"] == name and r["fwd_bwd_s"]]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
         ax.set(xscale="log", yscale="log", xlabel="T", ylabel="forward+backward time (ms)", title=shape)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -209,35 +229,54 @@ def versions():
     return out
 
 
-def measure(shapes, fns, device, repeats):
-    """(rows, GEMM GFLOP/s): every (shape, T, backend) and the GEMM timed in the same rounds."""
+def measure(shapes, fns, device, repeats, on_case=None):
+    """(rows, GEMM GFLOP/s). Each (shape, T) is one case: its backends and the GEMM timed in the same
+    rounds. A backend that fails (compilation, resources, launch, memory) gets a row with its `error`;
+    `on_case(rows, gemm)` is called after every case, so a run stopped midway keeps what it measured."""
     n = 2048
     x, y = (torch.randn(n, n, device=device) for _ in range(2))
-    configs, calls = [], [lambda: x @ y]
+    rows, gemm = [], 0.0
     for dtype, B, H, K, V, Ts in shapes:
         for T in Ts:
-            inputs = make_inputs(B, T, H, K, V, DTYPES[dtype], device)
-            for name, fn in fns.items():
-                configs.append(dict(shape=f"{dtype} B{B} H{H} K{K} V{V}", dtype=dtype, B=B, H=H, K=K, V=V, T=T,
-                                    backend=name))
-                calls += passes(fn, inputs)
-    times = best_times(calls, device, repeats)
-    rows = []
-    for i, c in enumerate(configs):
-        t_fwd, t_fb = times[1 + 2 * i], times[2 + 2 * i]
-        flops = [None if c["backend"] == "sdpa" else hgrn2_flops(c["B"], c["H"], c["T"], c["K"], c["V"], bwd) / t / 1e9
-                 for bwd, t in ((False, t_fwd), (True, t_fb))]
-        rows.append({**c, "fwd_s": t_fwd, "fwd_bwd_s": t_fb, "fwd_gflops": flops[0], "fwd_bwd_gflops": flops[1]})
-    return rows, 2 * n**3 / times[0] / 1e9
+            case = dict(shape=f"{dtype} B{B} H{H} K{K} V{V}", dtype=dtype, B=B, H=H, K=K, V=V, T=T)
+            try:
+                groups = {"gemm": [lambda: x @ y]}
+                inputs = make_inputs(B, T, H, K, V, DTYPES[dtype], device)
+                groups.update({name: passes(fn, inputs) for name, fn in fns.items()})
+                times, errors = best_times(groups, device, repeats)
+            except Exception as e:  # the inputs themselves (memory)
+                times, errors = {}, dict.fromkeys(["gemm", *fns], error_text(e))
+            inputs = groups = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if "gemm" in times:
+                gemm = max(gemm, 2 * n**3 / times["gemm"][0] / 1e9)
+            for name in fns:
+                if name in errors:
+                    rows.append({**case, "backend": name, "error": errors[name], "fwd_s": None, "fwd_bwd_s": None,
+                                 "fwd_gflops": None, "fwd_bwd_gflops": None})
+                    print(f"{case['shape']} T={T} {name}: {errors[name]}")
+                    continue
+                t_fwd, t_fb = times[name]
+                flops = [None if name == "sdpa" else hgrn2_flops(B, H, T, K, V, bwd) / t / 1e9
+                         for bwd, t in ((False, t_fwd), (True, t_fb))]
+                rows.append({**case, "backend": name, "fwd_s": t_fwd, "fwd_bwd_s": t_fb, "fwd_gflops": flops[0],
+                             "fwd_bwd_gflops": flops[1]})
+            if on_case:
+                on_case(rows, gemm)
+    return rows, gemm
 
 
 def print_table(rows, gemm):
-    t = {(r["shape"], r["backend"], r["T"]): r["fwd_bwd_s"] for r in rows}
+    t = {(r["shape"], r["backend"], r["T"]): r["fwd_bwd_s"] for r in rows if r["fwd_bwd_s"] is not None}
     nan = float("nan")
     for shape in dict.fromkeys(r["shape"] for r in rows):
         print(f"\n{shape}\n{'T':>6} {'backend':>8} {'fwd ms':>9} {'fwd+bwd ms':>11} {'/torch':>7} {'/fla':>7} "
               f"{'/sdpa':>7} {'GFLOP/s':>8} {'% GEMM':>7}")
         for r in (r for r in rows if r["shape"] == shape):
+            if r["fwd_bwd_s"] is None:
+                print(f"{r['T']:>6} {r['backend']:>8} {r['error']}")
+                continue
             ratios = [r["fwd_bwd_s"] / t.get((shape, ref, r["T"]), nan) for ref in ("torch", "fla", "sdpa")]
             gf = r["fwd_bwd_gflops"]
             print(f"{r['T']:>6} {r['backend']:>8} {r['fwd_s'] * 1e3:>9.2f} {r['fwd_bwd_s'] * 1e3:>11.2f} "
@@ -274,23 +313,24 @@ def main(argv=None):
     tag = "cpu" if gpu is None else re.sub(r"[^A-Za-z0-9]+", "_", gpu).strip("_").lower()
     out = a.out or ROOT / "benchmarks" / "results" / f"kernels_{tag}{'_grid' if a.grid else ''}.json"
 
-    rows, gemm = measure(shapes, backends(device), device, a.repeats)
-    print(f"device {gpu or platform.processor() or 'cpu'}, threads {torch.get_num_threads()}, "
-          f"fp32 GEMM {gemm:.1f} GFLOP/s")
-    print_table(rows, gemm)
-    targets = check_targets(rows, gemm, device)
-
     result = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "gpu": gpu,
                     "cpu_count": torch.get_num_threads(), "python": platform.python_version(), **versions()},
         "git_commit": git_commit(),
         "flops": "forward 2*B*H*T*(2*K*V + 64*(K+V)/2); forward+backward 3x forward",
-        "gemm_gflops": gemm,
-        "results": rows,
-        "targets": targets,
     }
-    atomic_write_json(out, result)
+
+    def write(rows, gemm, targets=None):  # after every case: a run stopped midway keeps what it measured
+        atomic_write_json(out, {**result, "gemm_gflops": gemm, "results": rows, "targets": targets or {}})
+
+    rows, gemm = measure(shapes, backends(device), device, a.repeats, write)
+    print(f"device {gpu or platform.processor() or 'cpu'}, threads {torch.get_num_threads()}, "
+          f"fp32 GEMM {gemm:.1f} GFLOP/s")
+    print_table(rows, gemm)
+    targets = check_targets(rows, gemm, device)
+    write(rows, gemm, targets)
+    result.update(gemm_gflops=gemm, results=rows, targets=targets)
     title = f"HGRN2 on {gpu or 'cpu'}" + ("" if a.grid else f" ({shapes[0][0]})")
     plot(rows, out.with_suffix(".png"), title)
     print(f"wrote {out} and {out.with_suffix('.png')}")

@@ -3,6 +3,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,3 +35,38 @@ def test_gpu_targets_from_rows():
     cases = {k.split(":")[0]: (v["pass"], round(v["value"], 3)) for k, v in got.items()}
     assert cases == {"cuda fwd+bwd <= 1.0x fla": (True, 0.909), "triton fwd+bwd <= 1.5x fla": (False, 1.667),
                      "op fwd+bwd <= SDPA": (False, 1.2)}
+
+
+def test_kernel_benchmark_records_failures_and_keeps_finished_cases(tmp_path, monkeypatch):
+    """A backend failing with a non-RuntimeError (as Triton's CompilationError) gets a row with the error
+    while the others are measured; the JSON is on disk after every case, so a run stopped during the
+    second case keeps the first."""
+    spec = importlib.util.spec_from_file_location("kernels_bench", ROOT / "benchmarks" / "kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class CompilationError(Exception):
+        pass
+
+    def broken(q, k, v, g):
+        raise CompilationError("at 12:4: out of resources: shared memory\nmore")
+
+    real_backends, real_inputs = bench.backends, bench.make_inputs
+    monkeypatch.setattr(bench, "backends", lambda device: {**real_backends(device), "triton": broken})
+
+    def inputs(B, T, *rest):
+        if T == 100:
+            raise KeyboardInterrupt  # as the step's time limit stopping the run in its second case
+        return real_inputs(B, T, *rest)
+
+    monkeypatch.setattr(bench, "make_inputs", inputs)
+    out = tmp_path / "k.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--B", "1", "--H", "2", "--K", "16", "--V", "8", "--T", "64", "100", "--repeats", "2",
+                    "--device", "cpu", "--out", str(out)])
+    res = json.loads(out.read_text())
+    rows = {r["backend"]: r for r in res["results"]}
+    assert {r["T"] for r in res["results"]} == {64} and set(rows) == {"cpu", "torch", "triton", "sdpa"}
+    assert rows["triton"]["error"] == "CompilationError: at 12:4: out of resources: shared memory"
+    assert rows["triton"]["fwd_bwd_s"] is None and "error" not in rows["cpu"]
+    assert all(0 < rows[b]["fwd_bwd_s"] < 10 for b in ("cpu", "torch", "sdpa")) and res["gemm_gflops"] > 0

@@ -1,9 +1,11 @@
 """HGRN2 Triton backend on CPU: the kernels under TRITON_INTERPRET=1 vs the float64 oracle, and an
 sm_90 compile (ptxas included) that catches what the interpreter cannot see."""
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import torch
@@ -71,8 +73,90 @@ def test_triton_kernels_compile_for_sm90():
     for fn in (kern._cumsum_kernel, kern._state_kernel, kern._intra_A_kernel, kern._fwd_o_kernel,
                kern._bwd_dv_kernel, kern._bwd_inter_kernel, kern._bwd_intra_kernel):
         consts = {n: v for n, v in meta.items() if n in fn.arg_names}
-        sig = {n: "constexpr" if n in consts else "fp32" if n == "scale" else
+        sig = {n: "constexpr" if n in consts else "fp32" if n == "scale" else "i32" if n in ("N", "NT") else
                "*i32" if n in ("cu", "chunk_idx", "chunk_off") else "*fp32" if n in FP32 else "*bf16"
                for n in fn.arg_names}
         src = ASTSource(fn, sig, {(fn.arg_names.index(n),): v for n, v in consts.items()})
         triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+
+
+FOLD = textwrap.dedent("""
+    import torch
+    from babylm_ds.ops.hgrn2 import triton as kern
+    from tests.test_ops_varlen import packed, varlen_grads
+    # N H = 9 sequence-heads and 6 chunks: with the limit at 4 both fold into x and both overhang
+    q, k, v, g, h0, cu = packed([70, 5, 130], K=8, V=12, H=3, dtype=torch.float32, gmin=-3.0)
+    fn = lambda *a: kern.triton_hgrn2(*a[:4], 0.5, a[4], True, cu_seqlens=cu)
+    assert kern._grid(1, 6, 9) == (1, 6, 9)
+    ref = varlen_grads(fn, q, k, v, g, h0, cu)
+    kern.MAX_GRID_YZ = 4
+    assert kern._grid(2, 6, 9) == (2 * 2 * 3, 4, 4)
+    got = varlen_grads(fn, q, k, v, g, h0, cu)
+    for name, a, b in zip(("o", "ht", "dq", "dk", "dv", "dg", "dh0"), got, ref):
+        assert torch.equal(a, b), name
+    print("FOLD_OK")
+""")
+
+
+def test_triton_grid_fold_matches_unfolded():
+    """Grids past CUDA's y/z limit fold into x: with the limit lowered to 4 (chunks and sequence-heads
+    both overhang), outputs, final states and gradients equal the unfolded launch's bit for bit."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", FOLD], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0 and "FOLD_OK" in r.stdout, r.stdout[-1000:] + r.stderr[-3000:]
+
+
+def test_triton_launches_run_on_the_inputs_device(monkeypatch):
+    """Every launch, forward and backward, happens inside the guard that makes the inputs' device current
+    (recorded here instead of launching), and the guard of a cuda:1 tensor selects device 1."""
+    pytest.importorskip("triton")
+    from babylm_ds.ops.hgrn2 import triton as kern
+    from tests.test_ops import make
+
+    current, launches = [], []
+
+    @contextlib.contextmanager
+    def guard(x):
+        current.append(x.device)
+        yield
+        current.pop()
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                devices = {a.device for a in args if isinstance(a, torch.Tensor)}
+                launches.append((self.name, current[-1] if current else None, devices))
+            return launch
+
+    fake = types.SimpleNamespace(device=torch.device("cuda", 1))
+    assert kern._device(fake).idx == 1  # torch.cuda.device(cuda:1), not entered here
+    names = [n for n in vars(kern) if n.endswith("_kernel")]
+    assert len(names) == 7
+    for n in names:
+        monkeypatch.setattr(kern, n, Recorder(n))
+    monkeypatch.setattr(kern, "_device", guard)
+    q, k, v, g, h0 = (x.requires_grad_() for x in make(1, 70, 2, 8, 12, dtype=torch.float32))
+    o, ht = kern.triton_hgrn2(q, k, v, g, 0.5, h0, True)
+    (o.sum() + ht.sum()).backward()
+    assert {n for n, _, _ in launches} == set(names) and len(launches) == 4 + 7  # backward recomputes 3
+    assert all(cur == q.device and devs == {q.device} for _, cur, devs in launches), launches
+
+
+@pytest.mark.gpu
+def test_gpu_triton_on_a_device_that_is_not_current():
+    """cuda:1 inputs while cuda:0 is current: the launches follow the inputs (else an illegal address)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs (inputs on cuda:1 while cuda:0 is current)")
+    from babylm_ds.ops import hgrn2
+    from tests.test_ops import assert_close, make, oracle, run_with_grads
+
+    ins = make(2, 130, 2, 32, 48, dtype=torch.float32, gmin=-3.0, device="cuda:1")
+    with torch.cuda.device(0):
+        got = run_with_grads(lambda q, k, v, g, h0: hgrn2(q, k, v, g, None, h0, True, backend="triton"), *ins)
+        torch.cuda.synchronize(1)
+    assert got[0].device == torch.device("cuda", 1)
+    assert_close(got, oracle(*ins), 1e-4)

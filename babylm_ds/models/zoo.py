@@ -33,8 +33,8 @@ def _gpt2(d, layers, heads, ffn=None):
     return dict(n_embd=d, n_layer=layers, n_head=heads, n_inner=ffn, n_positions=2048)
 
 
-def _hgrn(d, layers, expand_ratio=128, tie=False):
-    return dict(hidden_size=d, num_hidden_layers=layers, expand_ratio=expand_ratio, tie_word_embeddings=tie)
+def _hgrn(d, layers, expand_ratio=128, tie=False, **more):
+    return dict(hidden_size=d, num_hidden_layers=layers, expand_ratio=expand_ratio, tie_word_embeddings=tie, **more)
 
 
 def _mamba(d, layers, tie=True):
@@ -51,6 +51,7 @@ def _lstm(d, cell, layers, tie=False):
 # architecture comparisons: 4.8M (width 192, tied embeddings; CPU-sized) and the BabyHGRN paper's 360M.
 PRESETS = {
     "babyllama-58m": dict(family="llama", role="student", config=_llama(512, 16, 8, 1024)),
+    "babyhgrn-58m": dict(family="babyhgrn", role="student", config=_hgrn(512, 16, intermediate_size=1024)),  # = the above
     "llama-360m": dict(family="llama", role="teacher", config=_llama(1024, 24, 8, 3072)),
     "gpt2-705m": dict(family="gpt2", role="teacher", config=_gpt2(1536, 24, 16)),
     "llama-16m": dict(family="llama", role="student", config=_llama(256, 8, 8, 1024)),

@@ -21,8 +21,11 @@ Sequences are packed along time (fla's varlen layout; B equal-length sequences a
 Every exponent is clamped to <= 0, so no factor exceeds 1 (exact with g = -20 per step) and masked
 rows stay finite. b, the chunk states, A and dA live in fp32 workspaces; the backward recomputes
 b, the states and A rather than saving them. Fixed block sizes (no autotuning) keep it runnable
-under TRITON_INTERPRET=1.
+under TRITON_INTERPRET=1. Grids wider than CUDA allows along y or z (65535: past 4.19M tokens of chunks
+in one call, or N H > 65535) are folded into x (`_grid`, `_pids`); every launch runs on the inputs'
+device, whichever is current.
 """
+import contextlib
 import functools
 import os
 
@@ -33,6 +36,7 @@ import triton.language as tl
 from .chunk import CHUNK, SUB
 
 BT, BC = CHUNK, SUB  # chunk and sub-chunk lengths (one definition: ops/hgrn2/chunk.py)
+MAX_GRID_YZ = 65535  # CUDA's limit on grid y and z (x: 2^31 - 1); a test lowers it to exercise the fold
 
 
 def triton_status(device, dtype=None):
@@ -44,6 +48,30 @@ def triton_status(device, dtype=None):
     if dtype == torch.float64:
         return False, "the Triton kernels take fp32/bf16/fp16 inputs, not float64"
     return True, ""
+
+
+def _grid(gx, gy, gz):
+    """Launch grid of the logical grid (gx, gy, gz): y and z capped at MAX_GRID_YZ, their folds moved to x."""
+    fy, fz = triton.cdiv(gy, MAX_GRID_YZ), triton.cdiv(gz, MAX_GRID_YZ)
+    return gx * fy * fz, min(gy, MAX_GRID_YZ), min(gz, MAX_GRID_YZ)
+
+
+def _device(x):
+    """Make x's device current for the launches in the block (Triton launches on the current device)."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+@triton.jit
+def _pids(GY, GZ):
+    """Logical program ids (x, y, z) of a launch on _grid(gx, GY, GZ), and whether y and z are in range
+    (the last fold of y or z may overhang)."""
+    ny, nz = tl.num_programs(1), tl.num_programs(2)
+    fy, fz = tl.cdiv(GY, ny), tl.cdiv(GZ, nz)
+    gx = tl.num_programs(0) // (fy * fz)
+    p = tl.program_id(0)
+    r = p // gx
+    i_y, i_z = (r % fy) * ny + tl.program_id(1), (r // fy) * nz + tl.program_id(2)
+    return p % gx, i_y, i_z, (i_y < GY) & (i_z < GZ)
 
 
 @triton.jit
@@ -100,13 +128,15 @@ def _cumsum_kernel(g, gc, cu, chunk_idx, H: tl.constexpr, K: tl.constexpr, BT: t
 
 
 @triton.jit
-def _state_kernel(x, y, gc, h0, hs, ht, cu, chunk_off, scale, H: tl.constexpr, K: tl.constexpr,
+def _state_kernel(x, y, gc, h0, hs, ht, cu, chunk_off, scale, N, H: tl.constexpr, K: tl.constexpr,
                   V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                   REVERSE: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
                   DT: tl.constexpr, PREC: tl.constexpr):
     """Forward (x = k, y = v): hs[c] = state entering chunk c, ht = final state. REVERSE (x = q,
     y = do, h0 = dht): hs[c] = adjoint of the state leaving chunk c, ht = adjoint of h0."""
-    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k, i_v, i_nh, ok = _pids(tl.cdiv(V, BV), N * H)
+    if not ok:
+        return
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
     c0 = tl.load(chunk_off + i_n).to(tl.int64)
@@ -172,10 +202,12 @@ def _intra_A_kernel(q, k, gc, A, cu, chunk_idx, H: tl.constexpr, K: tl.constexpr
 
 
 @triton.jit
-def _fwd_o_kernel(q, v, gc, hs, A, o, cu, chunk_idx, scale, H: tl.constexpr, K: tl.constexpr,
+def _fwd_o_kernel(q, v, gc, hs, A, o, cu, chunk_idx, scale, NT, H: tl.constexpr, K: tl.constexpr,
                   V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                   DT: tl.constexpr, PREC: tl.constexpr):
-    i_v, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_v, i_t, i_h, ok = _pids(NT, H)
+    if not ok:
+        return
     eos, t0 = _chunk(cu, chunk_idx, i_t, BT)
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
@@ -190,10 +222,12 @@ def _fwd_o_kernel(q, v, gc, hs, A, o, cu, chunk_idx, scale, H: tl.constexpr, K: 
 
 
 @triton.jit
-def _bwd_dv_kernel(k, gc, A, do, dhs, dv, cu, chunk_idx, scale, H: tl.constexpr, K: tl.constexpr,
+def _bwd_dv_kernel(k, gc, A, do, dhs, dv, cu, chunk_idx, scale, NT, H: tl.constexpr, K: tl.constexpr,
                    V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    DT: tl.constexpr, PREC: tl.constexpr):
-    i_v, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_v, i_t, i_h, ok = _pids(NT, H)
+    if not ok:
+        return
     eos, t0 = _chunk(cu, chunk_idx, i_t, BT)
     o_t = tl.arange(0, BT)
     b_A = tl.where(o_t[:, None] >= o_t[None, :], _rows(A, t0, eos, i_h, 0, H, BT, BT, BT), 0.)
@@ -209,12 +243,14 @@ def _bwd_dv_kernel(k, gc, A, do, dhs, dv, cu, chunk_idx, scale, H: tl.constexpr,
 
 
 @triton.jit
-def _bwd_inter_kernel(q, k, v, gc, hs, do, dhs, dq, dk, dgk, dA, cu, chunk_idx, scale, H: tl.constexpr,
+def _bwd_inter_kernel(q, k, v, gc, hs, do, dhs, dq, dk, dgk, dA, cu, chunk_idx, scale, NT, H: tl.constexpr,
                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """State terms of dq, dk (fp32 buffers), the dg carry of the chunk dgk [chunks, H, K] and, from
     the first K tile, dA = scale do v^T on the causal half."""
-    i_k, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k, i_t, i_h, ok = _pids(NT, H)
+    if not ok:
+        return
     eos, t0 = _chunk(cu, chunk_idx, i_t, BT)
     b_b = _rows(gc, t0, eos, i_h, i_k, H, K, BT, BK)
     b_last = _row(gc, tl.minimum(t0 + BT, eos) - 1, eos, i_h, i_k, H, K, BK)
@@ -249,12 +285,14 @@ def _bwd_inter_kernel(q, k, v, gc, hs, do, dhs, dq, dk, dgk, dA, cu, chunk_idx, 
 
 
 @triton.jit
-def _bwd_intra_kernel(q, k, gc, dA, dq, dk, dgk, dq_out, dk_out, dg, cu, chunk_idx,
+def _bwd_intra_kernel(q, k, gc, dA, dq, dk, dgk, dq_out, dk_out, dg, cu, chunk_idx, NT,
                       H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                       BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """dq, dk = state terms (dq, dk) + A's terms from dA; dg: reverse cumsum of q dq - k dk inside
     the chunk, sub-chunk by sub-chunk from the last, starting from the carry dgk."""
-    i_k, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k, i_t, i_h, ok = _pids(NT, H)
+    if not ok:
+        return
     eos, t0 = _chunk(cu, chunk_idx, i_t, BT)
     o_c = tl.arange(0, BC)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -345,8 +383,8 @@ def _forward_states(q, k, v, g, h0, tabs, NT, need_ht):
     _cumsum_kernel[(NT, H)](g, gc, cu, idx, H=H, K=K, BT=BT, BK=BK)
     hs = q.new_empty(NT, H, K, V, dtype=torch.float32)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if need_ht else None
-    _state_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-        k, v, gc, h0, hs, ht, cu, off, 1.0, REVERSE=False, USE_H0=h0 is not None, STORE_HT=need_ht,
+    _state_kernel[_grid(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        k, v, gc, h0, hs, ht, cu, off, 1.0, N, REVERSE=False, USE_H0=h0 is not None, STORE_HT=need_ht,
         **kw, **vw)
     A = q.new_empty(*q.shape[:3], BT, dtype=torch.float32)
     _intra_A_kernel[(NT, BT // BC, H)](q, k, gc, A, cu, idx, BC=BC, **kw)
@@ -358,11 +396,12 @@ class TritonHGRN2(torch.autograd.Function):
     def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, cu_seqlens):
         B, T = q.shape[:2]
         tabs, NT = _equal_tables(B, T, q.device) if cu_seqlens is None else _tables(cu_seqlens, q.device)
-        gc, hs, ht, A = _forward_states(q, k, v, g, initial_state, tabs, NT, output_final_state)
         kw, vw = _config(q, v)
-        o = torch.empty_like(v)
-        _fwd_o_kernel[(triton.cdiv(vw["V"], vw["BV"]), NT, kw["H"])](q, v, gc, hs, A, o, tabs[0], tabs[1],
-                                                                   scale, **kw, **vw)
+        with _device(q):
+            gc, hs, ht, A = _forward_states(q, k, v, g, initial_state, tabs, NT, output_final_state)
+            o = torch.empty_like(v)
+            _fwd_o_kernel[_grid(triton.cdiv(vw["V"], vw["BV"]), NT, kw["H"])](
+                q, v, gc, hs, A, o, tabs[0], tabs[1], scale, NT, **kw, **vw)
         ctx.save_for_backward(q, k, v, g, initial_state)
         ctx.scale, ctx.tabs, ctx.NT = scale, tabs, NT
         return o, ht
@@ -374,22 +413,23 @@ class TritonHGRN2(torch.autograd.Function):
         kw, vw = _config(q, v)
         H, K, V, BK, BV = kw["H"], kw["K"], vw["V"], kw["BK"], vw["BV"]
         N, NK, NV = len(cu) - 1, triton.cdiv(K, BK), triton.cdiv(V, BV)
-        gc, hs, _, A = _forward_states(q, k, v, g, h0, ctx.tabs, NT, False)
         do = do.contiguous()
-        dhs = torch.empty_like(hs)
         dh0 = torch.empty_like(h0, dtype=torch.float32) if h0 is not None else None
         dht = dht.float().contiguous() if dht is not None else None
-        _state_kernel[(NK, NV, N * H)](q, do, gc, dht, dhs, dh0, cu, off, scale, REVERSE=True,
-                                       USE_H0=dht is not None, STORE_HT=h0 is not None, **kw, **vw)
-        dv = torch.empty_like(v)
-        _bwd_dv_kernel[(NV, NT, H)](k, gc, A, do, dhs, dv, cu, idx, scale, **kw, **vw)
-        dq_s, dk_s = (torch.empty_like(gc) for _ in range(2))
-        dgk = q.new_empty(NT, H, K, dtype=torch.float32)
-        dA = torch.empty_like(A)
-        _bwd_inter_kernel[(NK, NT, H)](q, k, v, gc, hs, do, dhs, dq_s, dk_s, dgk, dA, cu, idx, scale,
-                                       **kw, **vw)
-        dq, dk, dg = torch.empty_like(q), torch.empty_like(k), torch.empty_like(g)
-        _bwd_intra_kernel[(NK, NT, H)](q, k, gc, dA, dq_s, dk_s, dgk, dq, dk, dg, cu, idx, BC=BC, **kw)
+        with _device(q):
+            gc, hs, _, A = _forward_states(q, k, v, g, h0, ctx.tabs, NT, False)
+            dhs = torch.empty_like(hs)
+            _state_kernel[_grid(NK, NV, N * H)](q, do, gc, dht, dhs, dh0, cu, off, scale, N, REVERSE=True,
+                                                USE_H0=dht is not None, STORE_HT=h0 is not None, **kw, **vw)
+            dv = torch.empty_like(v)
+            _bwd_dv_kernel[_grid(NV, NT, H)](k, gc, A, do, dhs, dv, cu, idx, scale, NT, **kw, **vw)
+            dq_s, dk_s = (torch.empty_like(gc) for _ in range(2))
+            dgk = q.new_empty(NT, H, K, dtype=torch.float32)
+            dA = torch.empty_like(A)
+            _bwd_inter_kernel[_grid(NK, NT, H)](q, k, v, gc, hs, do, dhs, dq_s, dk_s, dgk, dA, cu, idx, scale, NT,
+                                                **kw, **vw)
+            dq, dk, dg = torch.empty_like(q), torch.empty_like(k), torch.empty_like(g)
+            _bwd_intra_kernel[_grid(NK, NT, H)](q, k, gc, dA, dq_s, dk_s, dgk, dq, dk, dg, cu, idx, NT, BC=BC, **kw)
         return dq, dk, dv, dg, None, dh0, None, None
 
 
