@@ -104,6 +104,8 @@ def _check_path(word, problems, command):
 
 def _check(command):
     problems, words = [], _tokens(command)
+    if not words:  # only VAR=value settings
+        return []
     prog, rest = words[0], words[1:]
     helptext = None
     if prog in (".", "export"):
