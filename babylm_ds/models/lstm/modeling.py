@@ -3,7 +3,9 @@
 import torch
 import torch.nn as nn
 
-from babylm_ds.models.recurrent import RecurrentCache, RecurrentForCausalLM, RecurrentModel, RecurrentPreTrainedModel
+from babylm_ds.models.recurrent import (
+    RecurrentCache, RecurrentForCausalLM, RecurrentForSequenceClassification, RecurrentModel, RecurrentPreTrainedModel,
+)
 
 from .configuration import BabyLSTMConfig
 
@@ -54,4 +56,8 @@ class BabyLSTMModel(RecurrentModel, BabyLSTMPreTrainedModel):
 
 
 class BabyLSTMForCausalLM(RecurrentForCausalLM, BabyLSTMPreTrainedModel):
+    base_model_class = BabyLSTMModel
+
+
+class BabyLSTMForSequenceClassification(RecurrentForSequenceClassification, BabyLSTMPreTrainedModel):
     base_model_class = BabyLSTMModel
