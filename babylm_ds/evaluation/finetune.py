@@ -4,7 +4,7 @@ Per task (`glue.TASKS`, data as `glue.read_split` reads it): a fresh copy of the
 head (`AutoModelForSequenceClassification`: a linear layer on the last real token, as transformers' Llama / GPT-2
 classes), the task's text pair tokenized as the pipeline tokenizes it with an exported tokenizer (`<s> A <s> B`,
 truncated longest-first to the sequence length) and padded on the right; AdamW (betas 0.9 / 0.999, eps 1e-8,
-weight decay 0.01), linear warmup over 6% of the steps then cosine decay to 0.1 x lr, shuffled batches with the
+weight decay 0.01 on every parameter), linear warmup over 6% of the steps then cosine decay to 0.1 x lr, shuffled batches with the
 last incomplete one dropped, a valid pass after every epoch. The epoch with the best valid accuracy (F1 for mrpc
 and qqp; the first of equal ones) is kept; its valid scores and predictions are the result. Runs in one process
 on CPU or one GPU; no DeepSpeed.
@@ -64,15 +64,15 @@ def encode(tokenizer, pairs, seq_len):
     return with_bos(tokenizer)(list(a), list(b), truncation=True, max_length=seq_len)["input_ids"]
 
 
-def batches(ids, order, batch_size, pad_id, labels=None):
-    """(input_ids, attention_mask[, labels]) of each batch of `order`, padded on the right."""
+def batches(ids, order, batch_size, pad_id):
+    """(indices, input_ids, attention_mask) of consecutive batches of `order`, padded on the right."""
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        x = torch.full((len(idx), max(len(ids[i]) for i in idx)), pad_id, dtype=torch.long)
+        lengths = torch.tensor([len(ids[i]) for i in idx])
+        x = torch.full((len(idx), int(lengths.max())), pad_id, dtype=torch.long)
         for row, i in enumerate(idx):
             x[row, :len(ids[i])] = torch.tensor(ids[i])
-        mask = (torch.arange(x.shape[1]) < torch.tensor([len(ids[i]) for i in idx])[:, None]).long()
-        yield (x, mask) if labels is None else (x, mask, torch.tensor([labels[i] for i in idx]))
+        yield idx, x, (torch.arange(x.shape[1]) < lengths[:, None]).long()
 
 
 def metrics(preds, labels, num_labels):
@@ -88,35 +88,32 @@ def metrics(preds, labels, num_labels):
 def predict(model, ids, pad_id, batch_size, device):
     """argmax class of every sequence (length-sorted batches, returned in input order)."""
     model.eval()
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     preds = [0] * len(ids)
-    for (x, mask), start in zip(batches(ids, order, batch_size, pad_id), range(0, len(ids), batch_size)):
-        for i, p in zip(order[start:start + batch_size], model(input_ids=x.to(device), attention_mask=mask.to(device))
-                        .logits.argmax(-1).tolist()):
+    for idx, x, mask in batches(ids, sorted(range(len(ids)), key=lambda i: len(ids[i])), batch_size, pad_id):
+        for i, p in zip(idx, model(input_ids=x.to(device), attention_mask=mask.to(device)).logits.argmax(-1).tolist()):
             preds[i] = p
     return preds
 
 
 def finetune_task(model_path, task, data, args, device):
-    """Fine-tune a copy of `model_path` on `task` (`data`: {split: (pairs, labels)}); returns (result, preds, model)
-    with the kept epoch's weights in `model`."""
+    """Fine-tune a copy of `model_path` on `task` (`data`: {split: (pairs, labels)}); returns (result, valid
+    predictions, model with the kept epoch's weights, tokenizer)."""
     from babylm_ds.training.schedule import build_scheduler
 
     spec, t0 = TASKS[task], time.time()
     epochs, batch_size = args.epochs or spec.epochs, args.batch_size or spec.batch_size
     torch.manual_seed(args.seed)  # the head's initialisation
     model, tokenizer = load_classifier(model_path, spec.num_labels, device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
+    if (pad_id := tokenizer.pad_token_id) is None:
+        raise ValueError(f"{model_path}: its tokenizer has no pad token (babylm-ds tokenizers have <pad> = 0)")
     model.config.pad_token_id = pad_id
     (train_pairs, train_labels), (valid_pairs, valid_labels) = (data[s] for s in SPLITS)
     train_ids, valid_ids = (encode(tokenizer, pairs, args.seq_len) for pairs in (train_pairs, valid_pairs))
     steps_per_epoch = len(train_ids) // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{task}: {len(train_ids)} training examples are fewer than one batch of {batch_size}")
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=WEIGHT_DECAY)
     total = steps_per_epoch * epochs
     scheduler = build_scheduler(optimizer, total, int(WARMUP * total), "cosine", MIN_LR_RATIO)
     generator = torch.Generator().manual_seed(args.seed)
@@ -125,9 +122,10 @@ def finetune_task(model_path, task, data, args, device):
         model.train()
         order = torch.randperm(len(train_ids), generator=generator)[:steps_per_epoch * batch_size].tolist()
         losses = []
-        for x, mask, y in tqdm(batches(train_ids, order, batch_size, pad_id, train_labels), total=steps_per_epoch,
-                               desc=f"{task} epoch {epoch}/{epochs}", leave=False):
-            loss = model(input_ids=x.to(device), attention_mask=mask.to(device), labels=y.to(device)).loss
+        for idx, x, mask in tqdm(batches(train_ids, order, batch_size, pad_id), total=steps_per_epoch,
+                                 desc=f"{task} epoch {epoch}/{epochs}", leave=False):
+            y = torch.tensor([train_labels[i] for i in idx], device=device)
+            loss = model(input_ids=x.to(device), attention_mask=mask.to(device), labels=y).loss
             if not torch.isfinite(loss):
                 raise ValueError(f"{task}: epoch {epoch}: loss {loss.item()}: fine-tuning diverged; lower --lr")
             loss.backward()
@@ -171,8 +169,8 @@ def run(args, argv):
     if not 0 < args.lr <= 1:
         raise ValueError(f"--lr {args.lr:g} is out of range: use 0 < lr <= 1")
     data = {t: {s: read_split(t, s, args.data_dir) for s in SPLITS} for t in tasks}  # bad data fails before training
-    data = {t: {s: (p[:args.max_train], y[:args.max_train]) if s == "train" else (p, y) for s, (p, y) in d.items()}
-            for t, d in data.items()}
+    for d in data.values():
+        d["train"] = tuple(x[:args.max_train] for x in d["train"])
     if args.threads:
         torch.set_num_threads(args.threads)
     device, t0 = resolve_device(args.device), time.time()
