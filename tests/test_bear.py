@@ -10,7 +10,7 @@ from babylm_ds.data import load_tokenizer
 from babylm_ds.evaluation.bear import evaluate_bear, read_bear
 from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM
 from babylm_ds.training import export_hf
-from test_finetune import CARD
+from test_finetune import CARD, SMALL
 
 RELATIONS = {"P30": ["Geographic", "Arts"], "P105": ["Scientific", "Geographic"]}  # domains made up to test weighting
 
@@ -37,8 +37,7 @@ def bear_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_data_dir):
     torch.manual_seed(0)
-    config = BabyHGRNConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, expand_ratio=16, intermediate_size=96)
-    model = BabyHGRNForCausalLM(config).eval()
+    model = BabyHGRNForCausalLM(BabyHGRNConfig(vocab_size=1000, **SMALL["babyhgrn"][1])).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)  # spread the scores: no near-ties between statements
     return model, load_tokenizer(tiny_data_dir)

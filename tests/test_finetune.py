@@ -8,7 +8,9 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM
+from transformers import (
+    AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM,
+)
 
 from babylm_ds import cli as babylm_cli
 from babylm_ds.data import load_tokenizer
@@ -39,7 +41,8 @@ def test_classifier_registered_and_reads_the_last_real_token(family):
     config_cls, kw = SMALL[family]
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config_cls(vocab_size=101, num_labels=3, **kw)).eval()
-    assert type(model) is {"babyhgrn": BabyHGRNForSequenceClassification, "lstm": BabyLSTMForSequenceClassification}[family]
+    classes = {"babyhgrn": BabyHGRNForSequenceClassification, "lstm": BabyLSTMForSequenceClassification}
+    assert type(model) is classes[family]
     seqs = [torch.randint(3, 101, (n,)) for n in (11, 4, 7)]
     ids = torch.zeros(3, 11, dtype=torch.long)  # pad id 0, on the right
     for i, s in enumerate(seqs):
@@ -131,8 +134,7 @@ def test_finetune_rte_64_examples(lm_dir, tmp_path):
     ids = encode(tok, pairs[:64], 96)
     assert mean_loss(after, ids, labels[:64]) < mean_loss(before.eval(), ids, labels[:64]) - 0.01
 
-    preds = json.loads((results / "final" / "main" / "finetune" / "rte" / "predictions.json").read_text())["rte"]
-    preds = preds["predictions"]
+    preds = json.loads((results / "final/main/finetune/rte/predictions.json").read_text())["rte"]["predictions"]
     valid_pairs, valid_labels = read_split("rte", "valid")
     assert [p["id"] for p in preds] == [f"rte_{i}" for i in range(277)]
     valid_ids = encode(tok, valid_pairs, 96)
@@ -140,10 +142,10 @@ def test_finetune_rte_64_examples(lm_dir, tmp_path):
         again = [after(torch.tensor([x])).logits.argmax(-1).item() for x in valid_ids]
     assert [p["pred"] for p in preds] == again
     assert rte["accuracy"] == pytest.approx(sum(p == y for p, y in zip(again, valid_labels)) / 277)
-    assert f"accuracy: {rte['accuracy']}" in (results / "final" / "main" / "finetune" / "rte" / "results.txt").read_text()
+    assert f"accuracy: {rte['accuracy']}" in (results / "final/main/finetune/rte/results.txt").read_text()
 
-    config = json.loads((save / "rte" / "config.json").read_text())
-    assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_babyhgrn.BabyHGRNForSequenceClassification"
+    auto_map = json.loads((save / "rte" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForSequenceClassification"] == "modeling_babyhgrn.BabyHGRNForSequenceClassification"
     batch = {"input_ids": torch.zeros(3, 40, dtype=torch.long), "attention_mask": torch.zeros(3, 40, dtype=torch.long)}
     for i, x in enumerate(valid_ids[:3]):
         x = x[:40]

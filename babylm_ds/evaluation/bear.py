@@ -109,7 +109,8 @@ def accuracies(relations, rights, prefix="bear"):
         for d in relations[rel]["domains"]:
             weights.setdefault(d, []).append((len(r) / len(relations[rel]["domains"]), acc[rel]))
     if weights:
-        out[f"{prefix}_domains"] = {d: sum(w * a for w, a in ws) / sum(w for w, _ in ws) for d, ws in sorted(weights.items())}
+        out[f"{prefix}_domains"] = {d: sum(w * a for w, a in ws) / sum(w for w, _ in ws)
+                                    for d, ws in sorted(weights.items())}
     return out
 
 

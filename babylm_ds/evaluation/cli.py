@@ -7,13 +7,13 @@ import pathlib
 import sys
 import time
 
-from babylm_ds.models.card import update_scores
+from babylm_ds.models.card import card_dir, update_scores
 from babylm_ds.utils.cli import run_cli
 from babylm_ds.utils.io import sha256_file
 
 from . import bear, report
 from .data import BENCHMARKS, resolve_dir
-from .load import load_model, resolve_device
+from .load import load_model, model_name, resolve_device
 from .perplexity import perplexity
 from .zeroshot import accuracies, item_decisions
 
@@ -96,13 +96,10 @@ def run(args):
     result.update(model=os.path.abspath(args.model), tasks=args.tasks, limit=args.limit,
                   model_manifest_sha256=sha256_file(manifest) if os.path.isfile(manifest) else None)
     result["seconds"] = round(time.time() - t0, 1)
-    model_dir = os.path.normpath(os.path.abspath(args.model))
-    name = args.name or os.path.basename(os.path.dirname(model_dir) if os.path.basename(model_dir) == "final" else model_dir)
+    name = args.name or model_name(args.model)
     out = args.out or os.path.join(args.model, "eval", "zeroshot")
     report.save(out, {name: result})
-    for model_dir in (args.model, os.path.join(args.model, "final")):
-        if update_scores(model_dir, result):  # the exported model's card (README.md)
-            break
+    update_scores(card_dir(args.model), result)  # the exported model's card (README.md)
     if args.tb_dir:
         report.log_tensorboard(args.tb_dir, result, args.step)
     print(report.markdown_table({name: result}), end="")

@@ -1,13 +1,13 @@
 """`babylm-ds finetune`: fine-tune a copy of a model on (Super)GLUE tasks with the BabyLM 2025 pipeline's recipe.
 
-Per task (`glue.TASKS`, data as `glue.read_split` reads it): a fresh copy of the model with a sequence-classification
-head (`AutoModelForSequenceClassification`: a linear layer on the last real token, as transformers' Llama / GPT-2
-classes), the task's text pair tokenized as the pipeline tokenizes it with an exported tokenizer (`<s> A <s> B`,
-truncated longest-first to the sequence length) and padded on the right; AdamW (betas 0.9 / 0.999, eps 1e-8,
-weight decay 0.01 on every parameter), linear warmup over 6% of the steps then cosine decay to 0.1 x lr, shuffled batches with the
-last incomplete one dropped, a valid pass after every epoch. The epoch with the best valid accuracy (F1 for mrpc
-and qqp; the first of equal ones) is kept; its valid scores and predictions are the result. Runs in one process
-on CPU or one GPU; no DeepSpeed.
+Per task (`glue.TASKS`, data as `glue.read_split` reads it): a fresh copy of the model with a sequence-
+classification head (`AutoModelForSequenceClassification`: a linear layer on the last real token, as
+transformers' Llama / GPT-2 classes), the task's text pair tokenized as the pipeline tokenizes it with an
+exported tokenizer (`<s> A <s> B`, truncated longest-first to the sequence length) and padded on the right;
+AdamW (betas 0.9 / 0.999, eps 1e-8, weight decay 0.01 on every parameter), linear warmup over 6% of the steps
+then cosine decay to 0.1 x lr, shuffled batches with the last incomplete one dropped, a valid pass after every
+epoch. The epoch with the best valid accuracy (F1 for mrpc and qqp; the first of equal ones) is kept; its valid
+scores and predictions are the result. Runs in one process on CPU or one GPU; no DeepSpeed.
 """
 import argparse
 import contextlib
@@ -20,12 +20,12 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from babylm_ds.models.card import update_finetune
+from babylm_ds.models.card import card_dir, update_finetune
 from babylm_ds.utils.cli import run_cli
 from babylm_ds.utils.io import atomic_write_bytes, atomic_write_json, sha256_file
 
 from .glue import SPLITS, TASKS, parse_tasks, read_split
-from .load import load_classifier, resolve_device
+from .load import load_classifier, model_name, resolve_device
 
 WARMUP, MIN_LR_RATIO, WEIGHT_DECAY = 0.06, 0.1, 0.01
 
@@ -156,8 +156,8 @@ def markdown(result):
              "| task | accuracy | F1 | MCC | majority | train / valid | epochs (kept) | lr | batch | seconds |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {t} | {100 * r['accuracy']:.1f} | {100 * r['f1']:.1f} | {r['mcc']:.3f} | {100 * r['majority']:.1f} | "
-              f"{r['n_train']} / {r['n_valid']} | {r['epochs']} ({r['best_epoch']}) | {r['lr']:g} | {r['batch_size']} | "
-              f"{r['seconds']} |" for t, r in result["tasks"].items()]
+              f"{r['n_train']} / {r['n_valid']} | {r['epochs']} ({r['best_epoch']}) | {r['lr']:g} | "
+              f"{r['batch_size']} | {r['seconds']} |" for t, r in result["tasks"].items()]
     return "\n".join(lines) + "\n\nAccuracy, F1 and majority (the valid split's majority-class accuracy) in %.\n"
 
 
@@ -174,11 +174,9 @@ def run(args, argv):
     if args.threads:
         torch.set_num_threads(args.threads)
     device, t0 = resolve_device(args.device), time.time()
-    model_dir = os.path.normpath(os.path.abspath(args.model))
-    name = args.name or os.path.basename(os.path.dirname(model_dir) if os.path.basename(model_dir) == "final" else model_dir)
-    manifest = next((m for m in (os.path.join(args.model, d, "manifest.json") for d in ("", "final")) if os.path.isfile(m)),
-                    None)
-    result = {"name": name, "model": model_dir, "model_manifest_sha256": sha256_file(manifest) if manifest else None,
+    manifests = [m for d in ("", "final") if os.path.isfile(m := os.path.join(args.model, d, "manifest.json"))]
+    result = {"name": args.name or model_name(args.model), "model": os.path.abspath(args.model),
+              "model_manifest_sha256": sha256_file(manifests[0]) if manifests else None,
               "command": shlex.join(["babylm-ds", "finetune", *argv]),
               "settings": {k: getattr(args, k) for k in ("lr", "seq_len", "seed", "max_train", "epochs", "batch_size",
                                                          "valid_batch_size")} |
@@ -200,9 +198,7 @@ def run(args, argv):
     result["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(args.out + ".json", result)
     atomic_write_bytes(args.out + ".md", markdown(result).encode())
-    for d in (args.model, os.path.join(args.model, "final")):
-        if update_finetune(d, result):  # the exported model's card (README.md)
-            break
+    update_finetune(card_dir(args.model), result)  # the exported model's card (README.md)
     print(markdown(result), end="")
     print(f"wrote {args.out}.json and {args.out}.md ({result['seconds']}s)", file=sys.stderr)
     return result

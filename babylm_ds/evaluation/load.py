@@ -119,5 +119,11 @@ def load_classifier(path, num_labels, device="cpu"):
     return model.to(device), AutoTokenizer.from_pretrained(tok_dir)
 
 
+def model_name(path):
+    """A model's name in reports: its dir name, or the run's for a trainer's `RUN/final`."""
+    path = os.path.normpath(os.path.abspath(path))
+    return os.path.basename(os.path.dirname(path) if os.path.basename(path) == "final" else path)
+
+
 def resolve_device(device=None):
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -119,12 +119,13 @@ def render(card):
     else:
         lines.append("Not evaluated yet: `babylm-ds eval --model PATH` adds the scores here.")
     if ft := card.get("finetune"):
-        lines += ["", "## Fine-tuning ((Super)GLUE)", "", f"`{ft['command']}` (the BabyLM 2025 pipeline's recipe; "
-                  "the epoch with the best valid score kept; majority = the valid split's majority-class accuracy):", "",
+        lines += ["", "## Fine-tuning ((Super)GLUE)", "", f"`{ft['command']}` (the BabyLM 2025 pipeline's recipe; the "
+                  "epoch with the best valid score kept; majority = the valid split's majority-class accuracy):", "",
                   "| task | accuracy (%) | F1 (%) | MCC | majority (%) | train / valid | epochs | lr | batch |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {t} | {100 * r['accuracy']:.1f} | {100 * r['f1']:.1f} | {r['mcc']:.3f} | {100 * r['majority']:.1f} "
-                  f"| {r['n_train']:,} / {r['n_valid']:,} | {r['epochs']} | {r['lr']:g} | {r['batch_size']} |"
+        lines += [f"| {t} | {100 * r['accuracy']:.1f} | {100 * r['f1']:.1f} | {r['mcc']:.3f} | "
+                  f"{100 * r['majority']:.1f} | {r['n_train']:,} / {r['n_valid']:,} | {r['epochs']} | {r['lr']:g} | "
+                  f"{r['batch_size']} |"
                   for t, r in ft["tasks"].items()]
     return "\n".join(lines) + "\n"
 
@@ -132,6 +133,12 @@ def render(card):
 def write_card(model_dir, card):
     atomic_write_json(os.path.join(model_dir, "model_card.json"), card)
     atomic_write_bytes(os.path.join(model_dir, "README.md"), render(card).encode())
+
+
+def card_dir(path):
+    """`path`, or a run dir's `path/final`, whichever holds a card (model_card.json); else `path`."""
+    final = os.path.join(path, "final")
+    return final if not os.path.isfile(os.path.join(path, "model_card.json")) and os.path.isdir(final) else path
 
 
 def _update(model_dir, change):
@@ -166,7 +173,8 @@ def update_scores(model_dir, result):
 
 
 def update_finetune(model_dir, result):
-    """Put a `babylm-ds finetune` result into `model_dir`'s card (tasks fine-tuned earlier stay); False without a card."""
+    """Put a `babylm-ds finetune` result into `model_dir`'s card (tasks fine-tuned earlier stay); False without
+    a card."""
     keys = ("accuracy", "f1", "mcc", "majority", "n_train", "n_valid", "epochs", "best_epoch", "lr", "batch_size")
 
     def change(card):

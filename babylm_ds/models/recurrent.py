@@ -5,7 +5,9 @@ import torch
 import torch.nn as nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, LinearAttentionLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast,
+)
 
 
 class RecurrentCache(Cache):
@@ -121,9 +123,10 @@ class RecurrentForCausalLM(RecurrentPreTrainedModel, GenerationMixin):
 
 
 class RecurrentForSequenceClassification(RecurrentPreTrainedModel):
-    """A `base_model_class` (a RecurrentModel) with a linear `score` head (as transformers' `*ForSequenceClassification`)
-    read at each sequence's last real token: the last position where `attention_mask` is 1, else the last token
-    that is not `pad_token_id`, else the last position. Pad on the right: that state has read the whole text."""
+    """A `base_model_class` (a RecurrentModel) with a linear `score` head (as transformers'
+    `*ForSequenceClassification`) read at each sequence's last real token: the last position where
+    `attention_mask` is 1, else the last token that is not `pad_token_id`, else the last position. Pad on the
+    right: that state has read the whole text."""
 
     base_model_class = None
 

@@ -3,8 +3,9 @@
 A family is a package `babylm_ds/models/<family>/` with `configuration.py` (one `PreTrainedConfig`
 subclass with a `model_type`) and `modeling.py` (its `PreTrainedModel` classes): the class that is a
 `GenerationMixin` is the `AutoModelForCausalLM`, a class named `*ForSequenceClassification` the
-`AutoModelForSequenceClassification`, a class named `*Model` (not `*PreTrainedModel`) the `AutoModel`. `register()` runs on `import babylm_ds`; the same discovery drives the self-contained
-export (`babylm_ds.models.remote_code`).
+`AutoModelForSequenceClassification`, a class named `*Model` (not `*PreTrainedModel`) the `AutoModel`.
+`register()` runs on `import babylm_ds`; the same discovery drives the self-contained export
+(`babylm_ds.models.remote_code`).
 """
 import importlib
 import inspect
