@@ -79,7 +79,8 @@ def test_generated_files_and_auto_map(exported):
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"] == {"AutoConfig": "configuration_babyhgrn.BabyHGRNConfig",
                                   "AutoModel": "modeling_babyhgrn.BabyHGRNModel",
-                                  "AutoModelForCausalLM": "modeling_babyhgrn.BabyHGRNForCausalLM"}
+                                  "AutoModelForCausalLM": "modeling_babyhgrn.BabyHGRNForCausalLM",
+                                  "AutoModelForSequenceClassification": "modeling_babyhgrn.BabyHGRNForSequenceClassification"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"configuration_babyhgrn.py", "modeling_babyhgrn.py", "config.json"} <= set(manifest)
     modeling = (out / "modeling_babyhgrn.py").read_text()

@@ -1,4 +1,4 @@
-"""Zero-shot predictions in the layout of the BabyLM evaluation pipeline (evaluation-pipeline-2025).
+"""Zero-shot and fine-tuning predictions in the layout of the BabyLM evaluation pipeline (evaluation-pipeline-2025).
 
 Its `sentence_zero_shot/run.py --backend causal --save_predictions` writes, per dataset,
 `RESULTS/<model>/<revision>/zero_shot/causal/<task>/<dataset>/predictions.json` =
@@ -7,8 +7,10 @@ the supplement's file name, EWoK's `Domain`; completions: the sentence for BLiMP
 " " + Target for EWoK), plus `best_temperature_report.txt`; its `collate_preds.py` reads
 blimp/blimp_filtered, blimp/supplement_filtered and ewok/ewok_filtered from there. `write_predictions`
 writes those three from babylm-ds's own decisions (the same items and scoring as `babylm-ds eval`);
-the leaderboard's other tasks (entity tracking, wug, COMPS, reading, AoA, GLUE) come from the
-official pipeline. The EWoK predictions hold target sentences: keep them out of public places.
+its `finetune/run.py` writes `RESULTS/<model>/<revision>/finetune/<task>/{predictions.json,results.txt}`,
+which `write_finetune_predictions` writes from `babylm-ds finetune`'s kept epoch. The leaderboard's other
+tasks (entity tracking, wug, COMPS, reading, AoA) come from the official pipeline. The EWoK predictions
+hold target sentences: keep them out of public places.
 """
 import os
 
@@ -55,3 +57,15 @@ def write_predictions(results_dir, model_name, decisions, data_dir=None, revisio
         atomic_write_bytes(os.path.join(out, "best_temperature_report.txt"), _report(accuracy).encode())
         paths.append(os.path.join(out, "predictions.json"))
     return paths
+
+
+def write_finetune_predictions(results_dir, model_name, task, preds, scores, revision="main"):
+    """The pipeline's `finetune/<task>/predictions.json` ({task: {"predictions": [{"id": "<task>_<i>", "pred": int}]}},
+    over the valid split in file order) and `results.txt` ("metric: value" lines); returns the predictions path."""
+    out = os.path.join(results_dir, model_name, revision, "finetune", task)
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(os.path.join(out, "predictions.json"),
+                      {task: {"predictions": [{"id": f"{task}_{i}", "pred": int(p)} for i, p in enumerate(preds)]}})
+    lines = [f"{k}: {scores[k]}" for k in ("accuracy", "f1", "mcc")]
+    atomic_write_bytes(os.path.join(out, "results.txt"), "\n".join(lines).encode())
+    return os.path.join(out, "predictions.json")

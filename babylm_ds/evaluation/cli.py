@@ -1,4 +1,4 @@
-"""`babylm-ds eval`: zero-shot BLiMP / supplement / EWoK (+ optional dev perplexity) of one model."""
+"""`babylm-ds eval`: zero-shot BLiMP / supplement / EWoK, the BEAR probe (+ optional dev perplexity) of one model."""
 import argparse
 import contextlib
 import importlib.metadata
@@ -7,13 +7,13 @@ import pathlib
 import sys
 import time
 
-from babylm_ds.models.card import update_scores
+from babylm_ds.models.card import card_dir, update_scores
 from babylm_ds.utils.cli import run_cli
 from babylm_ds.utils.io import sha256_file
 
-from . import report
+from . import bear, report
 from .data import BENCHMARKS, resolve_dir
-from .load import load_model, resolve_device
+from .load import load_model, model_name, resolve_device
 from .perplexity import perplexity
 from .zeroshot import accuracies, item_decisions
 
@@ -22,9 +22,10 @@ def build_parser():
     p = argparse.ArgumentParser(prog="babylm-ds eval", description=__doc__)
     p.add_argument("--model", required=True, help="HF model dir, training output dir, or DeepSpeed checkpoint dir")
     p.add_argument("--tasks", default=",".join(BENCHMARKS),
-                   help="comma list of blimp, supplement, ewok or BENCH/PARADIGM (ewok adds ewok_swap)")
+                   help="comma list of blimp, supplement, ewok or BENCH/PARADIGM (ewok adds ewok_swap), bear, bear_lite")
     p.add_argument("--limit", type=int, default=None,
-                   help="first N items per paradigm (default: all, ≈20 min on 2 CPU cores for a 3M model)")
+                   help="first N items per paradigm / instances per BEAR relation (default: all, ≈20 min on 2 CPU "
+                        "cores for a 3M model)")
     p.add_argument("--harness", action="store_true",
                    help="score with lm-evaluation-harness and the shipped task configs (no ewok_swap); same accuracies")
     p.add_argument("--batch-size", type=int, default=64)
@@ -49,11 +50,19 @@ def build_parser():
 def run(args):
     if args.babylm_results and (args.harness or args.limit):
         raise ValueError("--babylm-results needs every item scored by babylm-ds: drop --limit and --harness")
+    tasks = [t for t in args.tasks.split(",") if t]
+    bear_tasks, tasks = [t for t in tasks if t in bear.TASKS], [t for t in tasks if t not in bear.TASKS]
+    if (unknown := [t for t in tasks if t.partition("/")[0] not in BENCHMARKS]) or not (tasks or bear_tasks):
+        raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(BENCHMARKS)} (or BENCH/PARADIGM), "
+                         f"{', '.join(bear.TASKS)}")
+    if bear_tasks and args.harness:
+        raise ValueError("--harness scores blimp, supplement and ewok only; score bear without it")
     import torch
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     resolve_dir(args.data_dir)  # fail before loading the model
+    relations = bear.read_bear(args.data_dir) if bear_tasks else None
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -63,11 +72,11 @@ def run(args):
     if args.harness:
         from .harness import evaluate_harness
 
-        result = evaluate_harness(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir)[0]
+        result = evaluate_harness(model, tokenizer, tasks, args.limit, args.batch_size, args.data_dir)[0]
         result["harness"] = f"lm-eval {importlib.metadata.version('lm_eval')}"
     else:
-        decisions = item_decisions(model, tokenizer, args.tasks, args.limit, args.batch_size, args.data_dir, device,
-                                   progress=True)
+        decisions = item_decisions(model, tokenizer, tasks, args.limit, args.batch_size, args.data_dir, device,
+                                   progress=True) if tasks else {}
         result = accuracies(decisions)
         if args.items:
             for bench, paradigms in decisions.items():
@@ -77,6 +86,9 @@ def run(args):
 
             paths = write_predictions(args.babylm_results, pathlib.Path(args.model).stem, decisions, args.data_dir)
             print(f"wrote {', '.join(paths)}", file=sys.stderr)
+    for task in bear_tasks:
+        result.update(bear.evaluate_bear(model, tokenizer, task, args.limit, args.batch_size, args.data_dir, device,
+                                         progress=True, relations=relations))
     if args.ppl_data:
         result["perplexity"] = perplexity(model, args.ppl_data, args.ppl_split, max_seqs=args.ppl_max_seqs, progress=True,
                                           per_sequence=args.items)
@@ -84,13 +96,10 @@ def run(args):
     result.update(model=os.path.abspath(args.model), tasks=args.tasks, limit=args.limit,
                   model_manifest_sha256=sha256_file(manifest) if os.path.isfile(manifest) else None)
     result["seconds"] = round(time.time() - t0, 1)
-    model_dir = os.path.normpath(os.path.abspath(args.model))
-    name = args.name or os.path.basename(os.path.dirname(model_dir) if os.path.basename(model_dir) == "final" else model_dir)
+    name = args.name or model_name(args.model)
     out = args.out or os.path.join(args.model, "eval", "zeroshot")
     report.save(out, {name: result})
-    for model_dir in (args.model, os.path.join(args.model, "final")):
-        if update_scores(model_dir, result):  # the exported model's card (README.md)
-            break
+    update_scores(card_dir(args.model), result)  # the exported model's card (README.md)
     if args.tb_dir:
         report.log_tensorboard(args.tb_dir, result, args.step)
     print(report.markdown_table({name: result}), end="")

@@ -93,5 +93,39 @@ def load_model(path, device="cpu", dtype=None):
     return model.eval(), AutoTokenizer.from_pretrained(tok_dir)
 
 
+def load_classifier(path, num_labels, device="cpu"):
+    """(model, tokenizer) to fine-tune: the HF model dir `path` (or `path/final`) in fp32 with a new
+    `num_labels`-way head (`AutoModelForSequenceClassification`)."""
+    import babylm_ds.models  # noqa: F401  (registers the project's families)
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+    from transformers.utils import logging
+
+    path = os.path.abspath(os.fspath(path))
+    hf_dir = path if _has(path, "config.json") else os.path.join(path, "final")
+    if not _has(hf_dir, "config.json"):
+        raise ValueError(f"{path} is not an exported HF model dir (no config.json in it or in final/)")
+    tok_dir = _find_up(hf_dir, "tokenizer_config.json")
+    if tok_dir is None:
+        raise ValueError(f"no tokenizer (tokenizer_config.json) found with {path}")
+    config = AutoConfig.from_pretrained(hf_dir)
+    if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        raise ValueError(f"{hf_dir}: transformers has no sequence-classification class for model_type "
+                         f"{config.model_type!r} (Mamba has none); fine-tune a BabyHGRN, BabyLSTM, Llama or GPT-2 model")
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the new head's "newly initialized" report
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(hf_dir, num_labels=num_labels, dtype=torch.float32)
+    finally:
+        logging.set_verbosity(verbosity)
+    return model.to(device), AutoTokenizer.from_pretrained(tok_dir)
+
+
+def model_name(path):
+    """A model's name in reports: its dir name, or the run's for a trainer's `RUN/final`."""
+    path = os.path.normpath(os.path.abspath(path))
+    return os.path.basename(os.path.dirname(path) if os.path.basename(path) == "final" else path)
+
+
 def resolve_device(device=None):
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -1,7 +1,7 @@
 """Result tables: markdown (one column per model), JSON, TensorBoard scalars, bar chart."""
 from babylm_ds.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 
-ROWS = ("blimp", "supplement", "ewok", "ewok_swap", "macro")
+ROWS = ("blimp", "supplement", "ewok", "ewok_swap", "macro", "bear", "bear_lite")  # macro: blimp, supplement, ewok
 
 
 def score(result, row):
@@ -25,10 +25,15 @@ def markdown_table(results):
 
 
 def paradigm_table(result):
+    """Accuracy per paradigm (BLiMP, supplement, EWoK), per BEAR domain and relation."""
     lines = ["| benchmark | paradigm | accuracy |", "|---|---|---:|"]
-    for bench in ROWS[:-1]:
-        if bench in result:
-            lines += [f"| {bench} | {p} | {100 * a:.1f} |" for p, a in result[bench]["paradigms"].items()]
+    for row in ROWS:
+        if isinstance(result.get(row), dict):
+            parts = list(result[row]["paradigms"].items())
+        else:
+            parts = [(f"domain {d}", a) for d, a in result.get(f"{row}_domains", {}).items()]
+            parts += list(result.get(f"{row}_relations", {}).items())
+        lines += [f"| {row} | {p} | {100 * a:.1f} |" for p, a in parts]
     return "\n".join(lines) + "\n"
 
 

@@ -90,8 +90,8 @@ def accuracies(decisions):
         acc = {p: sum(right) / len(right) for p, right in paradigms.items() if right}
         out[bench] = {"mean": sum(acc.values()) / len(acc), "paradigms": acc,
                       "pairs": sum(len(right) for right in paradigms.values())}
-    main = [out[b]["mean"] for b in BENCHMARKS if b in out]
-    out["macro"] = sum(main) / len(main)
+    if main := [out[b]["mean"] for b in BENCHMARKS if b in out]:
+        out["macro"] = sum(main) / len(main)
     return out
 
 

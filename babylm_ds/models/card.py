@@ -1,7 +1,8 @@
 """Model card of an exported model folder: `README.md` in HF's format (YAML header + markdown), rendered
 from `model_card.json` (the facts: architecture, data, training, teachers, zero-shot scores).
 
-The trainer writes both at export; `babylm-ds eval` adds its scores with `update_scores`. Neither
+The trainer writes both at export; `babylm-ds eval` adds its scores with `update_scores`, `babylm-ds finetune`
+its (Super)GLUE scores with `update_finetune`. Neither
 file is listed in the folder's manifest.json (which covers the model itself), so a card update
 leaves the model's identity unchanged.
 """
@@ -109,13 +110,23 @@ def render(card):
     scores = card.get("zeroshot")
     if scores:
         limit = scores["limit"]
-        lines += [f"BabyLM scoring (`babylm-ds eval`), {'all items' if limit is None else f'first {limit} items per paradigm'}:",
+        lines += [f"`babylm-ds eval` (BabyLM scoring; BEAR as lm-pub-quiz scores it; macro = mean of blimp, supplement "
+                  f"and ewok), {'all items' if limit is None else f'first {limit} items per paradigm / relation'}:",
                   "", "| benchmark | accuracy (%) |", "|---|---:|"]
         lines += [f"| {k} | {100 * v:.1f} |" for k, v in scores["accuracy"].items()]
         if "perplexity" in scores:
             lines.append(f"| dev perplexity | {scores['perplexity']:.1f} |")
     else:
         lines.append("Not evaluated yet: `babylm-ds eval --model PATH` adds the scores here.")
+    if ft := card.get("finetune"):
+        lines += ["", "## Fine-tuning ((Super)GLUE)", "", f"`{ft['command']}` (the BabyLM 2025 pipeline's recipe; the "
+                  "epoch with the best valid score kept; majority = the valid split's majority-class accuracy):", "",
+                  "| task | accuracy (%) | F1 (%) | MCC | majority (%) | train / valid | epochs | lr | batch |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {t} | {100 * r['accuracy']:.1f} | {100 * r['f1']:.1f} | {r['mcc']:.3f} | "
+                  f"{100 * r['majority']:.1f} | {r['n_train']:,} / {r['n_valid']:,} | {r['epochs']} | {r['lr']:g} | "
+                  f"{r['batch_size']} |"
+                  for t, r in ft["tasks"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -124,17 +135,51 @@ def write_card(model_dir, card):
     atomic_write_bytes(os.path.join(model_dir, "README.md"), render(card).encode())
 
 
-def update_scores(model_dir, result):
-    """Put an `evaluate_model` result into `model_dir`'s card; returns False when it has no card."""
-    from babylm_ds.evaluation.report import ROWS, score
+def card_dir(path):
+    """`path`, or a run dir's `path/final`, whichever holds a card (model_card.json); else `path`."""
+    final = os.path.join(path, "final")
+    return final if not os.path.isfile(os.path.join(path, "model_card.json")) and os.path.isdir(final) else path
 
+
+def _update(model_dir, change):
+    """Apply `change(card)` to `model_dir`'s card and rewrite it; False when the folder has no card."""
     path = os.path.join(model_dir, "model_card.json")
     if not os.path.isfile(path):
         return False
     with open(path) as f:
         card = json.load(f)
-    card["zeroshot"] = {"limit": result.get("limit"), "accuracy": {r: score(result, r) for r in ROWS if r in result}}
-    if "perplexity" in result:
-        card["zeroshot"]["perplexity"] = result["perplexity"]["perplexity"]
+    change(card)
     write_card(model_dir, card)
     return True
+
+
+def update_scores(model_dir, result):
+    """Put an `evaluate_model` result into `model_dir`'s card (beside the card's earlier scores made with the same
+    `limit`); returns False when it has no card."""
+    from babylm_ds.evaluation.report import ROWS, score
+
+    def change(card):
+        old = card.get("zeroshot") or {}
+        new = {"limit": result.get("limit"), "accuracy": {r: score(result, r) for r in ROWS if r in result}}
+        if old.get("limit") == new["limit"]:
+            new["accuracy"] = {r: v for r in ROWS if (v := new["accuracy"].get(r, old["accuracy"].get(r))) is not None}
+            if "perplexity" in old:
+                new["perplexity"] = old["perplexity"]
+        if "perplexity" in result:
+            new["perplexity"] = result["perplexity"]["perplexity"]
+        card["zeroshot"] = new
+
+    return _update(model_dir, change)
+
+
+def update_finetune(model_dir, result):
+    """Put a `babylm-ds finetune` result into `model_dir`'s card (tasks fine-tuned earlier stay); False without
+    a card."""
+    keys = ("accuracy", "f1", "mcc", "majority", "n_train", "n_valid", "epochs", "best_epoch", "lr", "batch_size")
+
+    def change(card):
+        tasks = {**card.get("finetune", {}).get("tasks", {}),
+                 **{t: {k: r[k] for k in keys} for t, r in result["tasks"].items()}}
+        card["finetune"] = {"command": result["command"], "tasks": tasks}
+
+    return _update(model_dir, change)

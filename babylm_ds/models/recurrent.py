@@ -1,11 +1,15 @@
 """What the recurrent LM families (BabyHGRN, BabyLSTM) share: a state cache, so `generate()` feeds one token
-per step, the base model's forward over a stack of recurrent layers, and the causal-LM head on top.
+per step, the base model's forward over a stack of recurrent layers, the causal-LM head and the
+sequence-classification head on top.
 
 Inlined into exported models (models/remote_code.py): keeps the rules in models/export_rules.py."""
+import torch
 import torch.nn as nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, LinearAttentionLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast,
+)
 
 
 class RecurrentCache(Cache):
@@ -118,3 +122,38 @@ class RecurrentForCausalLM(RecurrentPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                       hidden_states=out.hidden_states)
+
+
+class RecurrentForSequenceClassification(RecurrentPreTrainedModel):
+    """A `base_model_class` (a RecurrentModel) with a linear `score` head (as transformers'
+    `*ForSequenceClassification`) read at each sequence's last real token: the last position where
+    `attention_mask` is 1, else the last token that is not `pad_token_id`, else the last position. Pad on the
+    right: that state has read the whole text."""
+
+    base_model_class = None
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = self.base_model_class(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, output_hidden_states=None,
+                **kwargs):
+        """Logits [B, num_labels]; `labels` [B] give the loss of the config's `problem_type` (cross-entropy for
+        integer labels)."""
+        out = self.model(input_ids, attention_mask, inputs_embeds, None, False, output_hidden_states)
+        h = out.last_hidden_state
+        if attention_mask is not None:
+            real = attention_mask[:, -h.shape[1]:].bool()
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            real = input_ids != self.config.pad_token_id
+        else:
+            real = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+        last = (torch.arange(h.shape[1], device=h.device) * real).argmax(-1)
+        logits = self.score(h[torch.arange(h.shape[0], device=h.device), last])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
+        return SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states)

@@ -2,9 +2,10 @@
 
 A family is a package `babylm_ds/models/<family>/` with `configuration.py` (one `PreTrainedConfig`
 subclass with a `model_type`) and `modeling.py` (its `PreTrainedModel` classes): the class that is a
-`GenerationMixin` is the `AutoModelForCausalLM`, a class named `*Model` (not `*PreTrainedModel`) the
-`AutoModel`. `register()` runs on `import babylm_ds`; the same discovery drives the self-contained
-export (`babylm_ds.models.remote_code`).
+`GenerationMixin` is the `AutoModelForCausalLM`, a class named `*ForSequenceClassification` the
+`AutoModelForSequenceClassification`, a class named `*Model` (not `*PreTrainedModel`) the `AutoModel`.
+`register()` runs on `import babylm_ds`; the same discovery drives the self-contained export
+(`babylm_ds.models.remote_code`).
 """
 import importlib
 import inspect
@@ -42,6 +43,8 @@ def load_family(name):
     for cls in _defined_in(modeling, PreTrainedModel):
         if issubclass(cls, GenerationMixin):
             auto["AutoModelForCausalLM"] = cls
+        elif cls.__name__.endswith("ForSequenceClassification"):
+            auto["AutoModelForSequenceClassification"] = cls
         elif cls.__name__.endswith("Model") and not cls.__name__.endswith("PreTrainedModel"):
             auto["AutoModel"] = cls
     if "AutoModelForCausalLM" not in auto:

@@ -9,7 +9,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from babylm_ds.layers import HGRN2Attention, SwiGLU
 from babylm_ds.models.babyhgrn.configuration import BabyHGRNConfig
-from babylm_ds.models.recurrent import RecurrentCache, RecurrentForCausalLM, RecurrentModel, RecurrentPreTrainedModel
+from babylm_ds.models.recurrent import (
+    RecurrentCache, RecurrentForCausalLM, RecurrentForSequenceClassification, RecurrentModel, RecurrentPreTrainedModel,
+)
 
 
 class HGRN2Cache(RecurrentCache):
@@ -65,4 +67,8 @@ class BabyHGRNModel(RecurrentModel, BabyHGRNPreTrainedModel):
 
 
 class BabyHGRNForCausalLM(RecurrentForCausalLM, BabyHGRNPreTrainedModel):
+    base_model_class = BabyHGRNModel
+
+
+class BabyHGRNForSequenceClassification(RecurrentForSequenceClassification, BabyHGRNPreTrainedModel):
     base_model_class = BabyHGRNModel

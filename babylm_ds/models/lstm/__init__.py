@@ -1,4 +1,5 @@
 from .configuration import BabyLSTMConfig
-from .modeling import BabyLSTMCache, BabyLSTMForCausalLM, BabyLSTMModel
+from .modeling import BabyLSTMCache, BabyLSTMForCausalLM, BabyLSTMForSequenceClassification, BabyLSTMModel
 
-__all__ = ["BabyLSTMCache", "BabyLSTMConfig", "BabyLSTMForCausalLM", "BabyLSTMModel"]
+__all__ = ["BabyLSTMCache", "BabyLSTMConfig", "BabyLSTMForCausalLM", "BabyLSTMForSequenceClassification",
+           "BabyLSTMModel"]

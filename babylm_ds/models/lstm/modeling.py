@@ -5,7 +5,9 @@ Inlined into exported models (models/remote_code.py): keeps the rules in models/
 import torch
 import torch.nn as nn
 
-from babylm_ds.models.recurrent import RecurrentCache, RecurrentForCausalLM, RecurrentModel, RecurrentPreTrainedModel
+from babylm_ds.models.recurrent import (
+    RecurrentCache, RecurrentForCausalLM, RecurrentForSequenceClassification, RecurrentModel, RecurrentPreTrainedModel,
+)
 
 from .configuration import BabyLSTMConfig
 
@@ -64,4 +66,8 @@ class BabyLSTMModel(RecurrentModel, BabyLSTMPreTrainedModel):
 
 
 class BabyLSTMForCausalLM(RecurrentForCausalLM, BabyLSTMPreTrainedModel):
+    base_model_class = BabyLSTMModel
+
+
+class BabyLSTMForSequenceClassification(RecurrentForSequenceClassification, BabyLSTMPreTrainedModel):
     base_model_class = BabyLSTMModel
