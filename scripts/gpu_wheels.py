@@ -133,7 +133,7 @@ def check(folder):
         elif have[name][0] != Version(version):
             problems.append(f"{name} is {have[name][0]}, the tests here run {version}")
     pinned = pins()
-    reqs = [(f"requirements.txt pin", Requirement(f"{n}=={pinned[n]}")) for n in NEEDED]
+    reqs = [("requirements.txt pin", Requirement(f"{n}=={pinned[n]}")) for n in NEEDED]
     reqs += [(f"{n} {v}", r) for n, (v, meta) in have.items() for r in requires(meta)]
     for who, req in reqs:
         name = canonicalize_name(req.name)

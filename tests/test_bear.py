@@ -9,7 +9,7 @@ from babylm_ds import cli as babylm_cli
 from babylm_ds.data import load_tokenizer
 from babylm_ds.evaluation.bear import evaluate_bear, read_bear
 from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM
-from babylm_ds.training import export_hf
+from babylm_ds.training.trainer import export_hf
 from test_finetune import CARD, SMALL
 
 RELATIONS = {"P30": ["Geographic", "Arts"], "P105": ["Scientific", "Geographic"]}  # domains made up to test weighting

@@ -21,7 +21,7 @@ from babylm_ds.models import (
     BabyHGRNConfig, BabyHGRNForCausalLM, BabyHGRNForSequenceClassification, BabyLSTMConfig,
     BabyLSTMForSequenceClassification,
 )
-from babylm_ds.training import export_hf
+from babylm_ds.training.trainer import export_hf
 from test_export import HIDE, _python
 
 SMALL = {"babyhgrn": (BabyHGRNConfig, dict(hidden_size=64, num_hidden_layers=2, expand_ratio=16, intermediate_size=96)),

@@ -191,7 +191,7 @@ def run(args, argv):
             write_finetune_predictions(args.babylm_results, pathlib.Path(args.model).stem, task, preds,
                                        result["tasks"][task])
         if args.save:
-            from babylm_ds.training import export_hf
+            from babylm_ds.training.trainer import export_hf
 
             with contextlib.redirect_stdout(sys.stderr):
                 export_hf(model, model.state_dict(), tokenizer, os.path.join(args.save, task))

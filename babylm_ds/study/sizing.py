@@ -154,7 +154,7 @@ def measure(spec, data_dir, steps=5):
         out["archs"][name] = {"step_s": step_s, "fwd_s": fwd_s, "text_s": text_s}
         print(f"warm-up {name}: step {1e3 * step_s:.1f} ms, forward {1e3 * fwd_s:.1f} ms, "
               f"zero-shot {1e3 * text_s:.3f} ms/text", flush=True)
-        del engine, model
+        engine = model = None  # free them before the next architecture
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return out
