@@ -18,7 +18,8 @@ struct Vec<S, 1> {
 // C[i, 0:W NV] (+)= sum_c A[i, c] B[c, 0:W NV] for rows i < m, c < n, R rows at a time with the
 // accumulators in registers. kLower/kUpper: A[i, c] is zero for c > i / c < i (and is stored as such).
 // AT: A is stored transposed, A[i, c] at A[c * lda + i]. Each C element sums its products in the order
-// of c whatever the tile, so the tile shapes below change no result bit.
+// of c whatever the tile (fused on FMA targets; GCC may leave the single columns after the vector tiles
+// unfused, so a width that a path tiles differently can differ in the last bit).
 template <typename S, int W, int NV, int R, Band band, bool AT>
 static inline void mm_rows(S* __restrict__ C, long ldc, const S* __restrict__ A, long lda, const S* __restrict__ B,
                            long ldb, int i, int n, bool acc) {
@@ -139,9 +140,10 @@ static void mm(S* C, long ldc, const S* A, long lda, const S* B, long ldb, int m
   mm_cols<S, band, AT>(C, ldc, A, lda, B, ldb, m, n, 0, w, acc, pf);
 }
 
-#ifdef HGRN2_AVX512
-// dst[c, r] = s src[r, c] for one 16x16 fp32 block, in registers.
-static inline void transpose16(float* dst, long ldd, const float* src, long lds, float s) {
+// dst[c, r] = s src[r, c] for one kBlock x kBlock fp32 block, in registers (AVX-512, AVX2).
+#if defined(HGRN2_AVX512)
+constexpr int kBlock = 16;
+static inline void transpose_block(float* dst, long ldd, const float* src, long lds, float s) {
   __m512 r[16], t[16];
   const __m512 sv = _mm512_set1_ps(s);
   for (int i = 0; i < 16; ++i) r[i] = _mm512_mul_ps(_mm512_loadu_ps(src + i * lds), sv);
@@ -165,18 +167,38 @@ static inline void transpose16(float* dst, long ldd, const float* src, long lds,
     _mm512_storeu_ps(dst + (12 + j) * ldd, _mm512_shuffle_f32x4(u1, u3, 0xDD));
   }
 }
+#elif defined(HGRN2_AVX2)
+constexpr int kBlock = 8;
+static inline void transpose_block(float* dst, long ldd, const float* src, long lds, float s) {
+  __m256 r[8], t[8];
+  const __m256 sv = _mm256_set1_ps(s);
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_mul_ps(_mm256_loadu_ps(src + i * lds), sv);
+  for (int i = 0; i < 8; i += 2) {  // per 128-bit lane: (a0 b0 a1 b1), (a2 b2 a3 b3)
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4)  // r[i + j], lane l: column 4l + j of rows i..i+3
+    for (int j = 0; j < 2; ++j) {
+      r[i + 2 * j] = _mm256_shuffle_ps(t[i + j], t[i + j + 2], 0x44);
+      r[i + 2 * j + 1] = _mm256_shuffle_ps(t[i + j], t[i + j + 2], 0xEE);
+    }
+  for (int j = 0; j < 4; ++j) {  // lane l of r[j] and r[4 + j] into row 4l + j
+    _mm256_storeu_ps(dst + j * ldd, _mm256_permute2f128_ps(r[j], r[4 + j], 0x20));
+    _mm256_storeu_ps(dst + (4 + j) * ldd, _mm256_permute2f128_ps(r[j], r[4 + j], 0x31));
+  }
+}
 #endif
 
-// dst[c, r] = s src[r, c] for r < rows, c < cols (AVX-512 fp32: 16x16 blocks in registers).
+// dst[c, r] = s src[r, c] for r < rows, c < cols (fp32 on AVX-512 / AVX2: kBlock^2 blocks in registers).
 template <typename S>
 static void transpose(S* __restrict__ dst, long ldd, const S* __restrict__ src, long lds, int rows, int cols,
                       S s = 1) {
   int rb = 0, cb = 0;  // rows / cols covered by whole blocks
-#ifdef HGRN2_AVX512
+#if defined(HGRN2_AVX512) || defined(HGRN2_AVX2)
   if constexpr (std::is_same<S, float>::value) {
-    rb = rows & ~15, cb = cols & ~15;
-    for (int r = 0; r < rb; r += 16)
-      for (int c = 0; c < cb; c += 16) transpose16(dst + c * ldd + r, ldd, src + r * lds + c, lds, s);
+    rb = rows & -kBlock, cb = cols & -kBlock;
+    for (int r = 0; r < rb; r += kBlock)
+      for (int c = 0; c < cb; c += kBlock) transpose_block(dst + c * ldd + r, ldd, src + r * lds + c, lds, s);
   }
 #endif
   for (int r = 0; r < rows; ++r)
