@@ -318,10 +318,10 @@ def main(argv=None):
         raise SystemExit("--dtype: the CPU kernels compute in float32; use --dtype float32 on cpu")
     shapes = GPU_GRID if a.grid else [(a.dtype, a.B, a.H, a.K, a.V, tuple(a.T))]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    tag = "cpu" if gpu is None else re.sub(r"[^A-Za-z0-9]+", "_", gpu).strip("_").lower()
+    isas = cpu_isas(a.cpu_isa) if device.type == "cpu" else []
+    tag = "_".join(["cpu", *isas]) if gpu is None else re.sub(r"[^A-Za-z0-9]+", "_", gpu).strip("_").lower()
     out = a.out or ROOT / "benchmarks" / "results" / f"kernels_{tag}{'_grid' if a.grid else ''}.json"
 
-    isas = cpu_isas(a.cpu_isa) if device.type == "cpu" else []
     rows, gemm = measure(shapes, backends(device, isas), device, a.repeats)
     if isas:
         _C.set_cpu_isa("")  # back to BABYLM_DS_CPU_ISA's or the best
