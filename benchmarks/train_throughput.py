@@ -4,7 +4,9 @@ the same parameter count, across sequence lengths at a fixed number of tokens pe
   python benchmarks/train_throughput.py [--pairs tiny 16m] [--seq-lens 128 512 2048] [--steps 5]
   python benchmarks/train_throughput.py --presets {babyhgrn,llama,gpt2,mamba,lstm}-cpu --seq-lens 128
 
-Writes benchmarks/results/train_throughput.{json,png} and prints a tokens/s table with HGRN/Llama ratios;
+On CPU the BabyHGRN kernels run with BABYLM_DS_CPU_ISA's instruction set (avx512|avx2|baseline; default the
+best this CPU runs), which the results record and, on CPU, name: train_throughput_cpu_avx2.{json,png} ...
+Writes benchmarks/results/train_throughput[_cpu_ISA].{json,png} and prints a tokens/s table with HGRN/Llama ratios;
 with --presets, benchmarks/results/train_throughput_presets.json and a tokens/s table of those presets.
 """
 import argparse
@@ -15,6 +17,7 @@ import time
 import torch
 
 import babylm_ds.models as models
+from babylm_ds.ops.hgrn2.ext import _C
 from babylm_ds.utils.io import atomic_path, atomic_write_json
 
 # pair name -> ((llama preset, overrides), (babyhgrn preset, overrides)), matched in parameter count
@@ -97,12 +100,18 @@ def main(argv=None):
     device = torch.device(args.device)
     info = dict(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
                 tokens_per_step=args.tokens, steps=args.steps)
+    if device.type == "cpu" and _C is not None:
+        try:
+            info["cpu_isa"] = _C.cpu_isa()  # raises on a bad BABYLM_DS_CPU_ISA
+        except ValueError as e:
+            raise SystemExit(str(e))
     if args.presets:
         rows = compare_presets(args.presets, args, device)
         atomic_write_json((args.out or os.path.join(RESULTS, "train_throughput_presets")) + ".json",
                           dict(info=info, rows=rows))
         return 0
-    args.out = args.out or os.path.join(RESULTS, "train_throughput")
+    args.out = args.out or os.path.join(RESULTS, "_".join(["train_throughput", *(
+        ["cpu", info["cpu_isa"]] if "cpu_isa" in info else [])]))
     rows = []
     for pair in args.pairs:
         for family, (preset, overrides) in zip(("llama", "babyhgrn"), PAIRS[pair]):

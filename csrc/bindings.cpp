@@ -232,4 +232,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grid_max") = py::none());
   m.def("has_cuda", &has_cuda, "whether the CUDA kernels were compiled in");
   m.def("cpu_isa", &hgrn2::cpu_isa, "instruction set the CPU kernels run with");
+  m.def("set_cpu_isa", &hgrn2::set_cpu_isa, "force the CPU kernels' instruction set (auto: the best)", py::arg("name"));
+  m.def("cpu_isas", &hgrn2::cpu_isas, "instruction sets this CPU runs, best first");
 }

@@ -1,5 +1,7 @@
 // HGRN2 CPU kernels (hgrn2_cpu.cpp) on raw pointers; torch-free.
 #pragma once
+#include <string>
+#include <vector>
 
 namespace hgrn2 {
 
@@ -17,6 +19,11 @@ void cpu_fwd(const Args<float>& a, int nthreads);
 void cpu_fwd(const Args<double>& a, int nthreads);
 void cpu_bwd(const Args<float>& a, int nthreads);
 void cpu_bwd(const Args<double>& a, int nthreads);
-const char* cpu_isa();  // instruction set the kernels were dispatched to
+// Instruction sets of the kernels: "avx512", "avx2", "baseline". cpu_isa(): the one they run with (the
+// best this CPU runs, or BABYLM_DS_CPU_ISA's, read once); set_cpu_isa(name): force one ("auto": the
+// best); cpu_isas(): those this CPU runs, best first. A bad name throws std::invalid_argument.
+const char* cpu_isa();
+void set_cpu_isa(const std::string& name);
+std::vector<std::string> cpu_isas();
 
 }  // namespace hgrn2

@@ -1,6 +1,6 @@
 // HGRN2 CPU chunk kernels on raw pointers. No include guard: hgrn2_cpu.cpp includes this file once
-// per instruction set (inside `#pragma GCC target` regions and distinct namespaces); HGRN2_AVX512 is
-// defined for the AVX-512 copy (C++ does not update __AVX512F__ under the pragma).
+// per instruction set (inside `#pragma GCC target` regions and distinct namespaces); HGRN2_AVX512 or
+// HGRN2_AVX2 is defined for those copies (C++ does not update __AVX512F__ / __AVX2__ under the pragma).
 // Layout: q, k, g [B, T, H, K]; v, o [B, T, H, V]; state [B, H, K, V]; all contiguous (see Args).
 
 enum Band { kFull, kLower, kUpper };  // nonzero part of the left factor of mm()
@@ -17,7 +17,9 @@ struct Vec<S, 1> {
 
 // C[i, 0:W NV] (+)= sum_c A[i, c] B[c, 0:W NV] for rows i < m, c < n, R rows at a time with the
 // accumulators in registers. kLower/kUpper: A[i, c] is zero for c > i / c < i (and is stored as such).
-// AT: A is stored transposed, A[i, c] at A[c * lda + i].
+// AT: A is stored transposed, A[i, c] at A[c * lda + i]. Each C element sums its products in the order
+// of c whatever the tile (fused on FMA targets; GCC may leave the single columns after the vector tiles
+// unfused, so a width that a path tiles differently can differ in the last bit).
 template <typename S, int W, int NV, int R, Band band, bool AT>
 static inline void mm_rows(S* __restrict__ C, long ldc, const S* __restrict__ A, long lda, const S* __restrict__ B,
                            long ldb, int i, int n, bool acc) {
@@ -78,34 +80,70 @@ class Prefetcher {
   int n_ = 0, b_ = 0, r_ = 0, c_ = 0, lines_ = 0, steps_ = 0, last_ = 0;
 };
 
-template <typename S, int W, int NV, Band band, bool AT>
+// Register tiles of mm() for this instruction set: vectors of kVecBytes, column tiles of NV vectors x R
+// rows of accumulators, widest first. The accumulators, NV vectors of B and the broadcast A value (and
+// a product temporary without FMA) fit the vector registers, so the inner loop does not spill
+// (tests/test_cpu_isa.py counts stack accesses in the compiled inner loops of every path):
+//   AVX-512, 32 zmm: 4x4, 2x8, 1x8 (<= 16 + 4 + 1 registers; measured at 44-48% of GEMM, kept as is)
+//   AVX2 + FMA, 16 ymm: 2x6, 1x8 (<= 12 + 2 + 1)
+//   NEON, 32 q: as AVX-512 with 16-byte vectors (<= 16 + 4 + 1)
+//   x86-64-v2 (SSE4.2, no FMA), 16 xmm: 4x2, 2x4, 1x8 (<= 8 + 4 + 2)
+struct Tile {
+  int nv, r;
+};
+#if defined(HGRN2_AVX512)
+constexpr int kVecBytes = 64;
+constexpr Tile kTiles[] = {{4, 4}, {2, 8}, {1, 8}};
+#elif defined(HGRN2_AVX2)
+constexpr int kVecBytes = 32;
+constexpr Tile kTiles[] = {{2, 6}, {1, 8}};
+#elif defined(__aarch64__)
+constexpr int kVecBytes = 16;
+constexpr Tile kTiles[] = {{4, 4}, {2, 8}, {1, 8}};
+#else
+constexpr int kVecBytes = 16;
+constexpr Tile kTiles[] = {{4, 2}, {2, 4}, {1, 8}};
+#endif
+
+// Rows [i, m) of one column tile: blocks of R rows (stepping pf once per block), then what is left
+// with R - 1, R - 2, ... rows.
+template <typename S, int W, int NV, int R, Band band, bool AT>
 static inline void mm_tile(S* __restrict__ C, long ldc, const S* __restrict__ A, long lda, const S* __restrict__ B,
-                           long ldb, int m, int n, bool acc, Prefetcher<S>* pf) {
-  constexpr int R = W > 1 && NV < 4 ? 8 : 4;  // up to 16 vector accumulators
-  int i = 0;
+                           long ldb, int i, int m, int n, bool acc, Prefetcher<S>* pf) {
   for (; i + R <= m; i += R) {
     mm_rows<S, W, NV, R, band, AT>(C, ldc, A, lda, B, ldb, i, n, acc);
     if (pf) pf->step();
   }
-  for (; i < m; ++i) mm_rows<S, W, NV, 1, band, AT>(C, ldc, A, lda, B, ldb, i, n, acc);
+  if constexpr (R > 1)
+    if (i < m) mm_tile<S, W, NV, R - 1, band, AT>(C, ldc, A, lda, B, ldb, i, m, n, acc, pf);
 }
 
-// C[m, w] (+)= A[m, n] B[n, w] (row strides ldc, lda, ldb; A stored transposed if AT), in column
-// tiles of 4, 2 and 1 64-byte vectors, then single columns; steps pf (if any) once per row-block.
+// Columns [x, w) in the tiles kTiles[I:], then single columns 4 rows at a time.
+template <typename S, Band band, bool AT, size_t I = 0>
+static void mm_cols(S* C, long ldc, const S* A, long lda, const S* B, long ldb, int m, int n, int x, int w,
+                    bool acc, Prefetcher<S>* pf) {
+  if constexpr (I < std::size(kTiles)) {
+    constexpr int W = kVecBytes / sizeof(S), NV = kTiles[I].nv, R = kTiles[I].r;
+    for (; x + NV * W <= w; x += NV * W)
+      mm_tile<S, W, NV, R, band, AT>(C + x, ldc, A, lda, B + x, ldb, 0, m, n, acc, pf);
+    mm_cols<S, band, AT, I + 1>(C, ldc, A, lda, B, ldb, m, n, x, w, acc, pf);
+  } else {
+    for (; x < w; ++x) mm_tile<S, 1, 1, 4, band, AT>(C + x, ldc, A, lda, B + x, ldb, 0, m, n, acc, pf);
+  }
+}
+
+// C[m, w] (+)= A[m, n] B[n, w] (row strides ldc, lda, ldb; A stored transposed if AT) in the register
+// tiles above; steps pf (if any) once per row block.
 template <typename S, Band band = kFull, bool AT = false>
 static void mm(S* C, long ldc, const S* A, long lda, const S* B, long ldb, int m, int n, int w, bool acc,
                Prefetcher<S>* pf = nullptr) {
-  constexpr int W = 64 / sizeof(S);
-  int x = 0;
-  for (; x + 4 * W <= w; x += 4 * W) mm_tile<S, W, 4, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc, pf);
-  for (; x + 2 * W <= w; x += 2 * W) mm_tile<S, W, 2, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc, pf);
-  for (; x + W <= w; x += W) mm_tile<S, W, 1, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc, pf);
-  for (; x < w; ++x) mm_tile<S, 1, 1, band, AT>(C + x, ldc, A, lda, B + x, ldb, m, n, acc, pf);
+  mm_cols<S, band, AT>(C, ldc, A, lda, B, ldb, m, n, 0, w, acc, pf);
 }
 
-#ifdef HGRN2_AVX512
-// dst[c, r] = s src[r, c] for one 16x16 fp32 block, in registers.
-static inline void transpose16(float* dst, long ldd, const float* src, long lds, float s) {
+// dst[c, r] = s src[r, c] for one kBlock x kBlock fp32 block, in registers (AVX-512, AVX2).
+#if defined(HGRN2_AVX512)
+constexpr int kBlock = 16;
+static inline void transpose_block(float* dst, long ldd, const float* src, long lds, float s) {
   __m512 r[16], t[16];
   const __m512 sv = _mm512_set1_ps(s);
   for (int i = 0; i < 16; ++i) r[i] = _mm512_mul_ps(_mm512_loadu_ps(src + i * lds), sv);
@@ -129,18 +167,38 @@ static inline void transpose16(float* dst, long ldd, const float* src, long lds,
     _mm512_storeu_ps(dst + (12 + j) * ldd, _mm512_shuffle_f32x4(u1, u3, 0xDD));
   }
 }
+#elif defined(HGRN2_AVX2)
+constexpr int kBlock = 8;
+static inline void transpose_block(float* dst, long ldd, const float* src, long lds, float s) {
+  __m256 r[8], t[8];
+  const __m256 sv = _mm256_set1_ps(s);
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_mul_ps(_mm256_loadu_ps(src + i * lds), sv);
+  for (int i = 0; i < 8; i += 2) {  // per 128-bit lane: (a0 b0 a1 b1), (a2 b2 a3 b3)
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4)  // r[i + j], lane l: column 4l + j of rows i..i+3
+    for (int j = 0; j < 2; ++j) {
+      r[i + 2 * j] = _mm256_shuffle_ps(t[i + j], t[i + j + 2], 0x44);
+      r[i + 2 * j + 1] = _mm256_shuffle_ps(t[i + j], t[i + j + 2], 0xEE);
+    }
+  for (int j = 0; j < 4; ++j) {  // lane l of r[j] and r[4 + j] into row 4l + j
+    _mm256_storeu_ps(dst + j * ldd, _mm256_permute2f128_ps(r[j], r[4 + j], 0x20));
+    _mm256_storeu_ps(dst + (4 + j) * ldd, _mm256_permute2f128_ps(r[j], r[4 + j], 0x31));
+  }
+}
 #endif
 
-// dst[c, r] = s src[r, c] for r < rows, c < cols (AVX-512 fp32: 16x16 blocks in registers).
+// dst[c, r] = s src[r, c] for r < rows, c < cols (fp32 on AVX-512 / AVX2: kBlock^2 blocks in registers).
 template <typename S>
 static void transpose(S* __restrict__ dst, long ldd, const S* __restrict__ src, long lds, int rows, int cols,
                       S s = 1) {
   int rb = 0, cb = 0;  // rows / cols covered by whole blocks
-#ifdef HGRN2_AVX512
+#if defined(HGRN2_AVX512) || defined(HGRN2_AVX2)
   if constexpr (std::is_same<S, float>::value) {
-    rb = rows & ~15, cb = cols & ~15;
-    for (int r = 0; r < rb; r += 16)
-      for (int c = 0; c < cb; c += 16) transpose16(dst + c * ldd + r, ldd, src + r * lds + c, lds, s);
+    rb = rows & -kBlock, cb = cols & -kBlock;
+    for (int r = 0; r < rb; r += kBlock)
+      for (int c = 0; c < cb; c += kBlock) transpose_block(dst + c * ldd + r, ldd, src + r * lds + c, lds, s);
   }
 #endif
   for (int r = 0; r < rows; ++r)

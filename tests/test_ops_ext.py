@@ -3,10 +3,19 @@ import pytest
 import torch
 
 from babylm_ds.ops import hgrn2, naive_hgrn2
-from babylm_ds.ops.hgrn2.ext import ext_status, hgrn2_ext
+from babylm_ds.ops.hgrn2.ext import _C, ext_status, hgrn2_ext
 
 ok, reason = ext_status()
 pytestmark = pytest.mark.skipif(not ok, reason=reason)
+
+
+@pytest.fixture(params=_C.cpu_isas() if ok else [])
+def cpu_isa(request):
+    """Runs the test once per instruction set of the CPU kernels that this CPU runs (see
+    BABYLM_DS_CPU_ISA), each forced in turn."""
+    _C.set_cpu_isa(request.param)
+    yield request.param
+    _C.set_cpu_isa("")  # back to BABYLM_DS_CPU_ISA's or the best
 
 
 def make(B, T, H, K, V, gmin, dtype=torch.float64, device="cpu", seed=0):
@@ -102,11 +111,37 @@ def assert_close(got, ref, tol):
 # Sub-chunk diagonal blocks: -1 all by reference products, -20 all pairwise, -4 a mix of both.
 @pytest.mark.parametrize("gmin", [-1.0, -4.0, -20.0])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+@pytest.mark.usefixtures("cpu_isa")
 def test_cpu_matches_oracle(T, gmin, dtype, tol):
     args = make(1, T, 1, 20, 36, gmin, dtype)  # K, V: whole 16x16 transpose blocks and remainders
     assert_close(grads(hgrn2_ext, *args, 0.3), reference(*args, 0.3), tol)
 
 
+@pytest.mark.usefixtures("cpu_isa")
+@pytest.mark.parametrize("K,V", [(7, 29), (24, 47), (64, 64)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+def test_cpu_register_tiles(K, V, dtype, tol):
+    """Widths and heights that reach every register tile of each instruction set's small matmuls, their
+    remainder rows and the single columns after them (29 = 16 + 8 + 4 + 1, 47 = 32 + 8 + 4 + 3)."""
+    args = make(2, 130, 2, K, V, -4.0, dtype)
+    assert_close(grads(hgrn2_ext, *args, 0.3), reference(*args, 0.3), tol)
+
+
+@pytest.mark.usefixtures("cpu_isa")
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+def test_cpu_varlen(dtype, tol):
+    """Packed sequences (cu_seqlens) with their own initial and final states through hgrn2()."""
+    cu = torch.tensor([0, 15, 80, 81, 200], dtype=torch.int32)
+    q, k, v, g, _, do, _ = make(1, 200, 2, 20, 36, -3.0, dtype)
+    gen = torch.Generator().manual_seed(3)
+    h0, dht = (torch.randn(len(cu) - 1, 2, 20, 36, generator=gen, dtype=torch.float64) for _ in range(2))
+    ins = [x.clone().requires_grad_() for x in (q, k, v, g, h0.to(dtype))]
+    o, ht = hgrn2(*ins[:4], 0.3, ins[4], True, backend="cpu", cu_seqlens=cu)
+    got = [o, ht, *torch.autograd.grad((o.double() * do).sum() + (ht.double() * dht).sum(), ins)]
+    assert_close(got, varlen_reference(q, k, v, g, h0, do, dht, cu, 0.3), tol)
+
+
+@pytest.mark.usefixtures("cpu_isa")
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
 def test_cpu_decay_regimes_mixed_across_chunks(dtype, tol):
     """Chunks whose decay products come from exp(b) and exp(-b) (total decay within 80) next to chunks
@@ -121,6 +156,7 @@ def test_cpu_decay_regimes_mixed_across_chunks(dtype, tol):
     assert_close(grads(hgrn2_ext, *args, 0.3), reference(*args, 0.3), tol)
 
 
+@pytest.mark.usefixtures("cpu_isa")
 def test_cpu_heads_and_value_tiles():
     """Several (batch, head) pairs, and a single one with more threads than heads (value tiling)."""
     n = torch.get_num_threads()
@@ -133,6 +169,7 @@ def test_cpu_heads_and_value_tiles():
         torch.set_num_threads(n)
 
 
+@pytest.mark.usefixtures("cpu_isa")
 def test_cpu_through_api_and_optional_states():
     q, k, v, g, h0, do, dht = make(2, 100, 2, 16, 8, -2.0, torch.float32)
     o, ht = hgrn2(q, k, v, g, backend="cpu")
@@ -147,6 +184,7 @@ def test_cpu_through_api_and_optional_states():
         torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.usefixtures("cpu_isa")
 def test_cpu_long_sequence_strong_decay():
     """T = 16384 with decays down to exp(-20) per step: finite and exact (a naive exp(-b) would overflow)."""
     args = make(1, 16384, 1, 8, 8, -20.0, torch.float32)
@@ -159,6 +197,7 @@ def test_recurrence_reference_matches_oracle():
     assert_close(recurrence_reference(*args, 0.5), reference(*args, 0.5), 1e-12)
 
 
+@pytest.mark.usefixtures("cpu_isa")
 def test_cpu_gradcheck():
     q, k, v, g, h0, _, _ = make(1, 70, 2, 3, 2, -3.0)
     ins = [x.requires_grad_() for x in (q, k, v, g, h0)]
