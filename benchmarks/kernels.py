@@ -103,7 +103,7 @@ def cpu_isas(names):
     try:
         active = _C.cpu_isa()  # raises on a bad BABYLM_DS_CPU_ISA
     except ValueError as e:
-        raise SystemExit(str(e))
+        raise SystemExit(str(e)) from None
     here = _C.cpu_isas()
     if missing := sorted(set(names or ()) - set(here) - {"all"}):
         raise SystemExit(f"--cpu-isa {missing[0]}: this CPU runs only {', '.join(here)}")

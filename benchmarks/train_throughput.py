@@ -104,7 +104,7 @@ def main(argv=None):
         try:
             info["cpu_isa"] = _C.cpu_isa()  # raises on a bad BABYLM_DS_CPU_ISA
         except ValueError as e:
-            raise SystemExit(str(e))
+            raise SystemExit(str(e)) from None
     if args.presets:
         rows = compare_presets(args.presets, args, device)
         atomic_write_json((args.out or os.path.join(RESULTS, "train_throughput_presets")) + ".json",
