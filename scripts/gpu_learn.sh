@@ -18,18 +18,19 @@ machine
 wheels
 
 work=${GPU_WORK:-$(mktemp -d)}
-p1=155/1800 p2=120/1800 extra=() prep=()  # the phases' limits (the sizing plans 80% of them)
-((tiny)) && extra=(--max-epochs 1) prep=(--tiny)  # CPU test size: one epoch, whatever the measured speed
+p1=155/1800 p2=120/1800 extra=() prep=() jobs=()  # the phases' limits (the sizing plans 80% of them)
+# CPU test size: one epoch whatever the measured speed; one thread a job (a shared CPU, OpenMP not oversubscribed)
+((tiny)) && extra=(--max-epochs 1) prep=(--tiny) jobs=(--threads 1)
 sizing=("$py" -m babylm_ds.study.sizing)
 step prepare 30/600 learn.log "${sizing[@]}" prepare studies/gpu.yaml --study-dir "$work" "${prep[@]}" &&
   step size 50/600 learn.log "${sizing[@]}" size "$work" --phase1 "$(limit $p1)" --phase2 "$(limit $p2)" \
     --report "$out/sizing.json" "${extra[@]}" &&
   tail -1 "$out/learn.log" &&
-  step phase1 $p1 learn.log "$py" -m babylm_ds.cli study "$work/phase1.json" --out "$work"
+  step phase1 $p1 learn.log "$py" -m babylm_ds.cli study "$work/phase1.json" --out "$work" "${jobs[@]}"
 step collect 10/300 learn.log "${sizing[@]}" collect "$work" "$out"
 if [[ -f $work/study.json ]]; then
   step phase2 $p2 learn.log bash -c '"$0" -m babylm_ds.study.sizing student "$1" &&
-    "$0" -m babylm_ds.cli study "$1/phase2.json" --out "$1"' "$py" "$work"
+    "$0" -m babylm_ds.cli study "$1/phase2.json" --out "$1" "${@:2}"' "$py" "$work" "${jobs[@]}"
   step collect 10/300 learn.log "${sizing[@]}" collect "$work" "$out"
 fi
 [[ -f $out/study.md ]] && cat "$out/study.md"

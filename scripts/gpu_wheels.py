@@ -9,6 +9,7 @@ with).
     python scripts/gpu_wheels.py plan          # NAME==VERSION of every wheel to gather, one a line
     python scripts/gpu_wheels.py check [.whl]  # exit 1 with one line per problem; no network
     python scripts/gpu_wheels.py run -- CMD    # CMD with only the GPU machine's packages + the wheels importable
+    python scripts/gpu_wheels.py run --without-wheels -- CMD   # ... the GPU machine's packages only
 
 `run` emulates the GPU machine's package set here: every Python process under CMD (PYTHONPATH carries a
 sitecustomize) fails to import a module whose distributions are all neither on the machine nor carried.
@@ -163,31 +164,29 @@ def unverified(folder):
     return sorted(out)
 
 
-HIDE = """import importlib.abc, importlib.machinery, os, site, sys
+HIDE = """import importlib.machinery, os, site, sys
 
 HIDDEN, SITE = {hidden!r}, [os.path.join(d, "") for d in site.getsitepackages()]
 
 
-class _NotOnTheGPUMachine(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):  # as if not installed: a copy vendored elsewhere still counts
-        if name in HIDDEN:
-            rest = [p for p in (path or sys.path) if os.path.join(os.path.abspath(p or "."), "") not in SITE]
-            spec = importlib.machinery.PathFinder.find_spec(name, rest)
-            if spec is None:
-                raise ModuleNotFoundError(f"No module named {{name!r}} (not on the GPU machine, not carried)",
-                                          name=name)
-            return spec
+class _GPUMachinePathFinder(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):  # as if not installed: a copy vendored elsewhere still counts
+        if name in HIDDEN:  # not found, as on the machine: `import` fails, importlib.util.find_spec gives None
+            path = [p for p in (path or sys.path) if os.path.join(os.path.abspath(p or "."), "") not in SITE]
+        return super().find_spec(name, path, target)
 
 
-sys.meta_path.insert(0, _NotOnTheGPUMachine())
+sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = _GPUMachinePathFinder
 """
 
 
-def hidden_modules():
+def hidden_modules(wheels=True):
     """Top-level modules installed here that the GPU machine would lack: their distributions are neither
-    GPU_PACKAGES, nor planned wheels, nor this project, nor needed by one of those as installed here (a
-    package there brings its own needs, whatever they are at its version)."""
-    todo, allowed = list(GPU_PACKAGES) + [name for name, _ in plan()] + ["babylm-ds"], set()
+    GPU_PACKAGES, nor planned wheels (unless `wheels` is false: the machine without .whl/), nor this project,
+    nor needed by one of those as installed here (a package there brings its own needs, whatever they are
+    at its version)."""
+    todo, allowed = list(GPU_PACKAGES) + [name for name, _ in plan() if wheels] + ["babylm-ds"], set()
     while todo:
         name = canonicalize_name(todo.pop())
         if name in allowed:
@@ -201,10 +200,10 @@ def hidden_modules():
                   if m not in sys.stdlib_module_names and not any(canonicalize_name(d) in allowed for d in dists))
 
 
-def run(cmd):
-    """Exit status of `cmd` run with hidden_modules() unimportable in its Python processes."""
+def run(cmd, wheels=True):
+    """Exit status of `cmd` run with hidden_modules(wheels) unimportable in its Python processes."""
     with tempfile.TemporaryDirectory() as d:
-        Path(d, "sitecustomize.py").write_text(HIDE.format(hidden=set(hidden_modules())))
+        Path(d, "sitecustomize.py").write_text(HIDE.format(hidden=set(hidden_modules(wheels))))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [d, os.environ.get("PYTHONPATH")]))}
         return subprocess.run(cmd, env=env).returncode
 
@@ -216,10 +215,11 @@ def main(argv=None):
     c = sub.add_parser("check", help="check a folder of wheels (exit 1 with one line per problem)")
     c.add_argument("folder", nargs="?", default=str(ROOT / ".whl"))
     r = sub.add_parser("run", help="run a command with the GPU machine's packages (and the wheels) only")
+    r.add_argument("--without-wheels", action="store_true", help="the machine as it is, without .whl/ installed")
     r.add_argument("command", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
     if a.cmd == "run":
-        return run(a.command[1:] if a.command[:1] == ["--"] else a.command)
+        return run(a.command[1:] if a.command[:1] == ["--"] else a.command, not a.without_wheels)
     if a.cmd == "plan":
         print("\n".join(f"{n}=={v}" for n, v in plan()))
         return 0

@@ -62,10 +62,27 @@ def test_gathered_wheels_are_complete():
 def test_emulated_gpu_machine_hides_what_it_lacks():
     hidden = gpu_wheels.hidden_modules()
     assert "lm_eval" in hidden and not {"deepspeed", "datasets", "fla", "torch", "yaml"} & set(hidden)
-    code = "import yaml\ntry:\n    import lm_eval\nexcept ModuleNotFoundError as e:\n    print('HIDDEN', e)"
+    # absent as on the machine: the import fails and a probe (transformers' importlib.util.find_spec) finds nothing
+    code = ("import importlib.util, yaml\nprint('PROBE', importlib.util.find_spec('lm_eval'))\n"
+            "try:\n    import lm_eval\nexcept ModuleNotFoundError as e:\n    print('HIDDEN', e)")
     r = subprocess.run([sys.executable, "scripts/gpu_wheels.py", "run", "--", sys.executable, "-c", code],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "HIDDEN No module named 'lm_eval' (not on the GPU machine" in r.stdout, r.stderr
+    assert r.returncode == 0 and "PROBE None\nHIDDEN No module named 'lm_eval'" in r.stdout, r.stdout + r.stderr
+
+
+def test_gpu_tests_collect_without_the_wheels():
+    """The kernel tests of `pytest -m gpu` (gpu_check.sh) need none of the carried wheels: were .whl/ not to
+    install there, they still run (the modules that need deepspeed or datasets are collection errors, which
+    gpu_check.sh continues past)."""
+    modules = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text())
+    assert "tests/test_ops_ext.py" in modules
+    cmd = [sys.executable, "scripts/gpu_wheels.py", "run", "--without-wheels", "--", sys.executable, "-c",
+           "import importlib.util as u; print('ABSENT', [m for m in ('deepspeed', 'datasets') if not u.find_spec(m)])"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "ABSENT ['deepspeed', 'datasets']" in r.stdout, r.stdout + r.stderr
+    cmd[6:] = ["-m", "pytest", "-q", "-m", "gpu", "--collect-only", "-p", "no:cacheprovider", *modules]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "error" not in r.stdout.lower() and " collected" in r.stdout, r.stdout[-3000:]
 
 
 def test_epochs_that_fit():
@@ -77,10 +94,12 @@ def test_epochs_that_fit():
 
 
 def test_phase_costs_follow_the_measurements():
-    m = {"imports_s": 4.0, "job_s": 10.0, "student_arch": "a", "eval": {"epoch_texts": 100, "final_texts": 1000, "dev_batches": 2},
-         "archs": {"a": {"step_s": 0.1, "fwd_s": 0.5, "text_s": 0.01}, "b": {"step_s": 0.2, "fwd_s": 1.0, "text_s": 0.02}}}
-    p1, p2 = sizing.phase_costs(m, steps_per_epoch=50, n_train=160)(2)
-    train = lambda a, f=1.0: 10 + 2 * (50 * a["step_s"] * f + 100 * a["text_s"])  # noqa: E731
+    m = {"imports_s": 4.0, "job_s": 10.0, "student_arch": "a", "cache_batch": 16,
+         "eval": {"epoch_texts": 100, "final_texts": 1000, "dev_batches": 2},
+         "archs": {"a": {"steps_per_epoch": 50, "step_s": 0.1, "fwd_s": 0.5, "text_s": 0.01},
+                   "b": {"steps_per_epoch": 25, "step_s": 0.2, "fwd_s": 1.0, "text_s": 0.02}}}
+    p1, p2 = sizing.phase_costs(m, n_train=160)(2)
+    train = lambda a, f=1.0: 10 + 2 * (a["steps_per_epoch"] * a["step_s"] * f + 100 * a["text_s"])  # noqa: E731
     final = lambda a: 10 + 1000 * a["text_s"] + 2 * a["fwd_s"]  # noqa: E731
     a, b = m["archs"]["a"], m["archs"]["b"]
     assert p1 == pytest.approx(4 + train(a) + final(a) + train(b) + final(b))
@@ -111,10 +130,12 @@ def test_gpu_spec_compares_equal_sizes():
     assert min(n) >= 58e6 and max(n) / min(n) < 1.001
     assert spec["training"]["bf16"] and spec["training"]["ds_config"].endswith("zero2.json")
     assert spec["evaluation"]["final_limit"] is None and len(spec["students"]) == 1
+    assert spec["evaluation"]["epoch_tasks"] == spec["evaluation"]["tasks"]  # zero-shot at each epoch end too
 
 
 def _copy_tree(dst):
-    """The tracked tree (as it travels to a GPU machine, without .git) plus .whl/ when gathered."""
+    """The tracked tree (as it travels to a GPU machine, without .git) plus .whl/ when gathered and the
+    extension built here (gpu_check.sh --tiny reuses it rather than compiling for minutes)."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     for rel in filter(None, files.decode().split("\0")):
         if (ROOT / rel).is_file():
@@ -122,6 +143,8 @@ def _copy_tree(dst):
             shutil.copy2(ROOT / rel, dst / rel)
     if WHL.is_dir():
         shutil.copytree(WHL, dst / ".whl")
+    for so in (ROOT / "babylm_ds").glob("_C*.so"):
+        shutil.copy2(so, dst / "babylm_ds" / so.name)
 
 
 def _run_tiny(tmp_path, script):
@@ -151,8 +174,12 @@ def test_gpu_check_tiny_end_to_end(tmp_path):
     assert [line.split(":")[0] for line in env_txt.splitlines() if "on the GPU" in line] == \
         ["wheels", "build", "tests", "kernels", "sanitize"][-len(limits):]
     assert sum(limits) <= GPU_CHECK_S, limits
+    if list((ROOT / "babylm_ds").glob("_C*.so")):
+        assert "build: --tiny reuses the extension built here" in (out / "build.log").read_text()
     tests = (out / "gpu_tests.log").read_text()
-    assert "error" not in tests.lower() and " skipped" in tests and " deselected" in tests
+    summary = tests.strip().splitlines()[-1]  # e.g. "97 skipped, 406 deselected in 6.33s": no module failed to import
+    assert "error" not in summary and " skipped" in summary and " deselected" in summary, tests[-3000:]
+    assert "\nERROR " not in tests
     rows = json.loads((out / "kernels_grid.json").read_text())["results"]
     assert {r["backend"] for r in rows} >= {"cpu", "torch", "sdpa"} and all(r["fwd_bwd_s"] for r in rows)
     assert "SANITIZE_CASE_OK" in (out / "sanitize.log").read_text()
@@ -177,4 +204,4 @@ def test_gpu_learn_tiny_end_to_end(tmp_path):
         assert lo <= group["blimp"]["value"] <= hi
     runs = json.loads((out / "runs.json").read_text())
     assert {"hgrn2-lr0.002-s0", "llama-lr0.001-s0", "hgrn2-kd-s0"} <= set(runs)
-    assert runs["hgrn2-kd-s0"]["summary"]["steps"] == res["steps"]
+    assert runs["hgrn2-kd-s0"]["summary"]["steps"] == res["steps"]["hgrn2-kd-s0"] == res["steps"]["hgrn2-lr0.002-s0"]

@@ -9,8 +9,9 @@ architecture and the zero-shot scoring rate, then gives every run the largest wh
     phase 1 = start + sum over archs of [job + E (S step + epoch eval) + job + final eval]
     phase 2 = start + job + cache + job + E (S step_kd + epoch eval) + job + final eval
 
-with S steps per epoch, `start` the measured start-up (imports) of a process (here: the study's own),
-`job` = start + JOB_S, cache = one teacher forward per batch of CACHE_BATCH sequences over the train split.
+with S an architecture's optimizer steps per epoch, `start` the measured start-up (imports) of a process (here:
+the study's own), `job` = start + JOB_S, cache = one teacher forward per batch of the student's cache batch size
+(cache.batch_size) over the train split.
 Budgets are scaled by SAFETY first.
 
     python -m babylm_ds.study.sizing prepare SPEC --study-dir DIR [--tiny]   # DIR/base.json + the data
@@ -34,7 +35,6 @@ from babylm_ds.utils.io import atomic_write_json
 SAFETY = 0.8  # planned time / budget: the measured warm-up misses launch noise and the last evaluations
 JOB_S = 10.0  # per job beyond its imports: model build, DeepSpeed init, export, checkpoint (estimate)
 KD_COST = 1.15  # a distillation step / a plain step (the KL over the cached top-k; estimate)
-CACHE_BATCH = 16  # the teacher-logit cache's --batch-size default
 CACHE_COST = 2.0  # fp32 teacher (the cache's default) vs the timed bf16 forward, top-k and writes (estimate)
 MAX_EPOCHS = 20
 # --tiny: the same phases and code at CPU test size (tests, `gpu_learn.sh --tiny`)
@@ -69,18 +69,18 @@ def epochs_that_fit(cost, budgets, max_epochs=MAX_EPOCHS):
     return fractions[0] if fractions else None
 
 
-def phase_costs(m, steps_per_epoch, n_train):
+def phase_costs(m, n_train):
     """cost(E) -> [phase 1 s, phase 2 s] from the warm-up measurements `m` (see `measure`)."""
     archs, job, ev = m["archs"], m["job_s"], m["eval"]
     student = archs[m["student_arch"]]
 
     def train(a, epochs, factor=1.0):
-        return job + epochs * (steps_per_epoch * a["step_s"] * factor + ev["epoch_texts"] * a["text_s"])
+        return job + epochs * (a["steps_per_epoch"] * a["step_s"] * factor + ev["epoch_texts"] * a["text_s"])
 
     def final(a):
         return job + ev["final_texts"] * a["text_s"] + ev["dev_batches"] * a["fwd_s"]
 
-    cache = job + max(a["fwd_s"] for a in archs.values()) * CACHE_COST * math.ceil(n_train / CACHE_BATCH)
+    cache = job + max(a["fwd_s"] for a in archs.values()) * CACHE_COST * math.ceil(n_train / m["cache_batch"])
     return lambda e: [m["imports_s"] + sum(train(a, e) + final(a) for a in archs.values()),
                       m["imports_s"] + cache + train(student, e, KD_COST) + final(student)]
 
@@ -96,65 +96,61 @@ def _timed(fn, n, sync):
     return (time.perf_counter() - t) / n
 
 
-def measure(spec, data_dir, steps=5):
-    """Warm-up: per architecture, seconds of a training step (DeepSpeed with the spec's config), of a
-    no-grad forward of one micro batch, and of scoring one zero-shot text; the zero-shot text counts of
-    an epoch-end and a final evaluation; the start-up seconds of a job process (this one's imports)."""
-    import deepspeed
+def measure(study, steps=5):
+    """Warm-up of `study` (a runner.Study): per architecture, seconds of a training step (the Trainer's own
+    engine and micro-steps, with the configuration of the architecture's first run), of a no-grad forward
+    of one teacher-cache batch, and of scoring one zero-shot text; the optimizer steps of an epoch; the
+    zero-shot text counts of an epoch-end and a final evaluation; the start-up seconds of a job process
+    (this one's imports)."""
     import torch
 
     from babylm_ds.data import PackedDataset, load_meta, load_tokenizer
     from babylm_ds.evaluation.data import load_tasks
     from babylm_ds.evaluation.zeroshot import score_texts
     from babylm_ds.models import model_from_arg
-    from babylm_ds.training.config import build_ds_config
-    from babylm_ds.training.dist import ROOT, init_distributed
+    from babylm_ds.study.spec import sweep_runs
+    from babylm_ds.training.trainer import Trainer, collate
 
     imports_s = time.time() - _process_start()
-    t, e = spec["training"], spec["evaluation"]
-    init_distributed()
-    meta, tokenizer = load_meta(data_dir), load_tokenizer(data_dir)
-    train = PackedDataset(data_dir, "train")
-    args = argparse.Namespace(ds_config=os.path.join(ROOT, t["ds_config"]), micro_batch=t["micro_batch"],
-                              grad_accum=t["grad_accum"], clip=t["clip"], bf16=t["bf16"] or None, lr=1e-4,
-                              betas=(0.9, 0.95), weight_decay=t["weight_decay"])
-    cfg = build_ds_config(args, 1)
+    spec, e = study.spec, study.spec["evaluation"]
+    meta, tokenizer = load_meta(study.data), load_tokenizer(study.data)
+    train, dev = PackedDataset(study.data, "train"), PackedDataset(study.data, "dev")
+    cache_batch = next(iter(spec["students"].values()))["batch_size"]
 
-    def texts(limit):
-        keys = {k for ps in load_tasks(e["tasks"], limit).values() for pairs in ps.values()
+    def texts(tasks, limit):
+        keys = {k for ps in (load_tasks(tasks, limit).values() if tasks else ()) for pairs in ps.values()
                 for item in pairs for k in (item[:2], item[2:])}
         return sorted(keys)
 
-    probe = texts(3)
-    n_dev = min(len(PackedDataset(data_dir, "dev")), t["dev_max_seqs"] or float("inf"))
-    out = {"imports_s": imports_s, "job_s": imports_s + JOB_S, "archs": {},
-           "eval": {"epoch_texts": len(texts(e["epoch_limit"])), "final_texts": len(texts(e["final_limit"])),
-                    "dev_batches": math.ceil(n_dev / 64)}}
-    for name, a in spec["architectures"].items():
+    probe = texts(e["tasks"], 3)
+    out = {"imports_s": imports_s, "job_s": imports_s + JOB_S, "cache_batch": cache_batch, "archs": {},
+           "eval": {"epoch_texts": len(texts(e["epoch_tasks"], e["epoch_limit"])),
+                    "final_texts": len(texts(e["tasks"], e["final_limit"])),
+                    "dev_batches": math.ceil(len(dev) / cache_batch)}}
+    for name in spec["architectures"]:
+        run = next(r for r in sweep_runs(spec) if r.arch == name)
+        cfg = study.config(run)
         torch.manual_seed(0)
-        model = model_from_arg(a["model"], meta["vocab_size"], a["config"])
+        model = model_from_arg(cfg.model.name, meta["vocab_size"], cfg.model.config)
+        trainer = Trainer(cfg, model, train, dev, tokenizer, callbacks=[])
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        model.to(device)
-        text_s = _timed(lambda: score_texts(model, tokenizer, probe, device=device), 1, sync) / len(probe)
-        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
-                                          config=cfg)
-        ids = torch.stack([torch.as_tensor(train[i]["input_ids"]) for i in range(t["micro_batch"])]).to(engine.device)
-
-        def step():
-            engine.backward(engine(input_ids=ids, labels=ids).loss)
-            engine.step()
+        text_s = _timed(lambda: score_texts(model.to(device), tokenizer, probe, device=device), 1, sync) / len(probe)
+        trainer._initialize()  # the run's DeepSpeed engine, optimizer and schedule
+        batches = [collate([train[i] for i in range(trainer.micro)])] * trainer.accum
+        ids = collate([train[i % len(train)] for i in range(cache_batch)])["input_ids"].to(trainer.engine.device)
 
         def forward():
             with torch.no_grad():
-                engine(input_ids=ids[:CACHE_BATCH])
+                trainer.engine(input_ids=ids)
 
-        step_s = _timed(step, steps, sync) * t["grad_accum"]
+        step_s = _timed(lambda: trainer._micro_steps(batches), steps, sync)
         fwd_s = _timed(forward, steps, sync)
-        out["archs"][name] = {"step_s": step_s, "fwd_s": fwd_s, "text_s": text_s}
+        out["archs"][name] = {"steps_per_epoch": study.steps(run)[0], "step_s": step_s, "fwd_s": fwd_s,
+                              "text_s": text_s}
         print(f"warm-up {name}: step {1e3 * step_s:.1f} ms, forward {1e3 * fwd_s:.1f} ms, "
               f"zero-shot {1e3 * text_s:.3f} ms/text", flush=True)
-        engine = model = None  # free them before the next architecture
+        trainer = model = None  # free them before the next architecture
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return out
@@ -174,12 +170,12 @@ def size(study_dir, budgets, report=None, max_epochs=MAX_EPOCHS):
     with open(os.path.join(study_dir, "base.json")) as f:
         spec = json.load(f)
     study = Study(spec, study_dir)
-    per_epoch, _ = study.steps()
     n_train = load_meta(study.data)["splits"]["train"]["num_sequences"]
-    m = measure(spec, study.data)
+    m = measure(study)
     m["student_arch"] = next(iter(spec["students"].values()))["arch"]
-    cost = phase_costs(m, per_epoch, n_train)
+    cost = phase_costs(m, n_train)
     epochs = epochs_that_fit(cost, budgets, max_epochs)
+    per_epoch = {name: a["steps_per_epoch"] for name, a in m["archs"].items()}
     plan = {"budgets_s": budgets, "safety": SAFETY, "steps_per_epoch": per_epoch, "epochs": epochs,
             "predicted_s": cost(epochs) if epochs else None, "warmup": m}
     atomic_write_json(os.path.join(study_dir, "sizing.json"), plan)
@@ -190,7 +186,8 @@ def size(study_dir, budgets, report=None, max_epochs=MAX_EPOCHS):
     spec["training"]["epochs"] = epochs
     atomic_write_json(os.path.join(study_dir, "sized.json"), spec)
     atomic_write_json(os.path.join(study_dir, "phase1.json"), {**spec, "students": {}})
-    print(f"sizing: {epochs:g} epoch(s) of {per_epoch} steps; predicted {', '.join(f'{c:.0f}' for c in cost(epochs))} s "
+    steps = ", ".join(f"{name} {n}" for name, n in per_epoch.items())
+    print(f"sizing: {epochs:g} epoch(s) of {steps} steps; predicted {', '.join(f'{c:.0f}' for c in cost(epochs))} s "
           f"of budgets {', '.join(f'{b:.0f}' for b in budgets)} s", flush=True)
     return plan
 
@@ -217,10 +214,10 @@ def student(study_dir):
 def prepare(spec_path, study_dir, is_tiny=False):
     """DIR/base.json (the spec, at test size with --tiny) and the study's prepared data."""
     from babylm_ds.study.runner import Study
-    from babylm_ds.study.spec import load_spec
+    from babylm_ds.study.spec import check_spec, load_spec
 
     spec = load_spec(spec_path)
-    spec = tiny(spec) if is_tiny else spec
+    spec = check_spec(tiny(spec), spec_path) if is_tiny else spec
     if len(spec["students"]) != 1:
         raise SystemExit(f"{spec_path}: a sized study has one student (its teacher is chosen after phase 1)")
     os.makedirs(study_dir, exist_ok=True)

@@ -47,11 +47,11 @@ def job_env(threads, device=None):
 
 def launch_cmd(script, argv, world, launcher="deepspeed"):
     """The command running launchers/SCRIPT on `world` processes with `launcher` (python: one process)."""
-    from babylm_ds.training.dist import free_port
-
     script = os.path.join(ROOT, "launchers", script)
     if launcher == "python":
         return [sys.executable, script, *argv]
+    from babylm_ds.training.dist import free_port  # (imports deepspeed, which a `python` launch leaves to the job)
+
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
                 "--master_port", str(free_port()), script, *argv]
