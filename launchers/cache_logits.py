@@ -7,9 +7,14 @@ Re-running the same command resumes: verified shards are kept, anything else is 
 """
 import argparse
 import os
+import signal
 import sys
 
 LAUNCHER = os.getppid()  # first thing: a launcher killed while this rank imports must still take it down
+STOPS = []  # preempt: SIGTERM/SIGUSR1 that come while importing; then preempt.install handles them
+if __name__ == "__main__":
+    for _sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(_sig, lambda signum, _: STOPS.append(signum))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -19,6 +24,8 @@ from babylm_ds.utils.cli import die_with_launcher, run_cli  # noqa: E402
 
 die_with_launcher(LAUNCHER)  # before the slow imports: a rank must not outlive its launcher
 
+from babylm_ds.training import preempt  # noqa: E402
+from babylm_ds.models.manifest import add_verify_arg  # noqa: E402
 from babylm_ds.training.args import add_dist_args  # noqa: E402
 
 
@@ -38,6 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher-dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--kl-sample", type=int, default=16, help="sequences for the KL(full ‖ cached) report")
     p.add_argument("--kl-temperature", type=float, default=2.0, help="also report the KL error at this temperature")
+    add_verify_arg(p)
     add_dist_args(p)
     return p.parse_args(argv)
 
@@ -60,7 +68,7 @@ def main(argv=None):
         raise ValueError("--shard-size and --batch-size must be positive")
     weights = normalise_weights(args.teacher_weights, len(args.teachers))
     for path in args.teachers:
-        check_teacher(path, meta)
+        check_teacher(path, meta, verify=not args.no_verify)
     dataset = PackedDataset(args.data, "train")
     config = {
         "teachers": [teacher_info(path, w) for path, w in zip(args.teachers, weights)],
@@ -81,9 +89,21 @@ def main(argv=None):
         return combined_logits(teachers, weights, input_ids)
 
     import torch.distributed as dist
+    stopped = {}
+
+    def stop(done, total):  # preempt: a signal on any rank ends every rank at this shard boundary
+        if signame := preempt.requested(done):
+            stopped.update(signame=signame, detail=f"at a shard boundary; {done} of {total} shards written and kept; "
+                                                   "rerun the same command to resume")
+        return bool(stopped)
+
+    preempt.arm()
     manifest = write_cache(args.out, dataset, config, teacher_fn, args.batch_size, rank, world, dist.barrier,
                            device, args.kl_sample, args.kl_temperature,
-                           log=lambda m: print(m, file=sys.stderr, flush=True))
+                           log=lambda m: print(m, file=sys.stderr, flush=True), stop=stop)
+    if stopped:
+        preempt.stop(stopped["signame"], stopped["detail"], rank)
+    preempt.disarm()
     if rank == 0:
         s = manifest["stats"]
         print(f"cache {args.out}: {config['num_sequences']} sequences x {config['seq_len']} tokens, k={args.k}, "
@@ -97,4 +117,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    preempt.install(STOPS)  # preempt: a stop signal saves and stops (training.preempt)
     sys.exit(run_cli(main))

@@ -12,9 +12,14 @@ babylm_ds.training.Trainer; the cache reader is stateless given a batch's idx, s
 """
 import argparse
 import os
+import signal
 import sys
 
 LAUNCHER = os.getppid()  # first thing: a launcher killed while this rank imports must still take it down
+STOPS = []  # preempt: SIGTERM/SIGUSR1 that come while importing; then preempt.install handles them
+if __name__ == "__main__":
+    for _sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(_sig, lambda signum, _: STOPS.append(signum))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -31,7 +36,7 @@ from babylm_ds.cache import (TeacherCache, check_teacher, combined_logits, load_
                              normalise_weights, teacher_info)
 from babylm_ds.losses import TAIL_MODES, hidden_mse, kd_loss, kd_loss_full  # noqa: E402
 from babylm_ds.models import check_model_arg, model_from_arg, parse_overrides  # noqa: E402
-from babylm_ds.training import add_train_args, build_ds_config  # noqa: E402
+from babylm_ds.training import add_train_args, build_ds_config, preempt  # noqa: E402
 
 # Defaults a preset fills in (flags still override). The teachers (trained HF dirs of the model presets
 # named in each comment) come from --teachers or are baked into --teacher-cache.
@@ -197,10 +202,10 @@ def main(argv=None):
     from babylm_ds.training.guard import check_train_args, start_run
     check_train_args(args)
     meta, overrides = load_meta(args.data), parse_overrides(args.model_config)
-    check_model_arg(args.model, meta["vocab_size"], overrides)
+    check_model_arg(args.model, meta["vocab_size"], overrides, verify=not args.no_verify)
     cache = open_cache(args.teacher_cache, meta) if args.teacher_cache else None
     for path in args.teachers or ():
-        check_teacher(path, meta)
+        check_teacher(path, meta, verify=not args.no_verify)
     rank, world = init_distributed(args.dist_timeout)
     meta, tag = start_run(args, rank, world)
     if cache is not None:
@@ -221,4 +226,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    preempt.install(STOPS)  # preempt: a stop signal saves and stops (training.preempt)
     sys.exit(run_cli(main))

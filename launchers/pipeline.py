@@ -19,7 +19,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from babylm_ds.training.jobs import JobError, job_env, launch_cmd, run_cmd, run_stage, verify_run  # noqa: E402
+from babylm_ds.training import preempt  # noqa: E402
+from babylm_ds.training.jobs import JobError, job_env, job_exit, launch_cmd, run_cmd, run_stage, verify_run  # noqa: E402
 from babylm_ds.utils.io import sha256_file  # noqa: E402
 
 STAGES = ("prepare", "teachers", "cache", "distill", "baseline", "eval", "report")
@@ -92,7 +93,7 @@ class Pipeline:
             run_cmd(cmd, job_env(threads or max(1, self.cpus // self.world)),
                     os.path.join(self.out, "logs", f"{self.current}.log"), show=True)
         except JobError as e:
-            raise SystemExit(f"pipeline: {e}") from None
+            raise job_exit("pipeline", e) from None
 
     def stage(self, name, spec, outputs, verify, run):
         """Run `run(resume)` unless `outputs` verify and were made by the same `spec` (training.jobs.run_stage)."""
@@ -101,7 +102,7 @@ class Pipeline:
             seconds = run_stage(os.path.join(self.out, "stages", f"{name}.json"), spec, outputs, verify, run,
                                 self.args.force)
         except JobError as e:
-            raise SystemExit(f"pipeline: {e}") from None
+            raise job_exit("pipeline", e) from None
         if seconds is not None:
             self.times[name] = seconds
 
@@ -214,7 +215,9 @@ class Pipeline:
 
 
 def main(argv=None):
-    Pipeline(parse_args(argv)).run()
+    args = parse_args(argv)
+    preempt.relay()  # preempt: SIGTERM/SIGUSR1 reach the running job's ranks; the pipeline then stops (exit 75)
+    Pipeline(args).run()
     return 0
 
 

@@ -5,9 +5,14 @@
 """
 import argparse
 import os
+import signal
 import sys
 
 LAUNCHER = os.getppid()  # first thing: a launcher killed while this rank imports must still take it down
+STOPS = []  # preempt: SIGTERM/SIGUSR1 that come while importing; then preempt.install handles them
+if __name__ == "__main__":
+    for _sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(_sig, lambda signum, _: STOPS.append(signum))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -17,7 +22,7 @@ from babylm_ds.utils.cli import die_with_launcher, run_cli  # noqa: E402
 
 die_with_launcher(LAUNCHER)  # before the slow imports: a rank must not outlive its launcher
 
-from babylm_ds.training import add_train_args  # noqa: E402
+from babylm_ds.training import add_train_args, preempt  # noqa: E402
 
 
 def main(argv=None):
@@ -34,7 +39,7 @@ def main(argv=None):
 
     check_train_args(args)
     overrides = parse_overrides(args.model_config)
-    check_model_arg(args.model, load_meta(args.data)["vocab_size"], overrides)
+    check_model_arg(args.model, load_meta(args.data)["vocab_size"], overrides, verify=not args.no_verify)
     rank, world = init_distributed(args.dist_timeout)
     meta, tag = start_run(args, rank, world)
     tokenizer = load_tokenizer(args.data)
@@ -48,4 +53,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    preempt.install(STOPS)  # preempt: a stop signal saves and stops (training.preempt)
     sys.exit(run_cli(main))

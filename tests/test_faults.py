@@ -231,6 +231,7 @@ def test_full_disk_keeps_previous_good_files(tmp_path, monkeypatch):
     """ENOSPC from a fault-injecting writer during a cache shard, a checkpoint and an export: a clear
     OSError, and the files from before are intact (no temp files left)."""
     import babylm_ds.cache.writer as writer
+    from babylm_ds.models import manifest
     from babylm_ds.training import trainer
     build(tmp_path / "cache", k=8)
     good = tree(tmp_path / "cache")
@@ -265,7 +266,7 @@ def test_full_disk_keeps_previous_good_files(tmp_path, monkeypatch):
     model = build_model("llama-tiny", vocab_size=300, num_hidden_layers=1)
     trainer.export_hf(model, model.state_dict(), None, str(tmp_path / "final"))
     before = tree(tmp_path / "final")
-    monkeypatch.setattr(trainer, "sha256_file", _enospc)
+    monkeypatch.setattr(manifest, "sha256_file", _enospc)
     with pytest.raises(OSError, match="No space left"):
         trainer.export_hf(model, model.state_dict(), None, str(tmp_path / "final"))
     assert tree(tmp_path / "final") == before and sorted(os.listdir(tmp_path)) == ["cache", "ckpt", "final"]

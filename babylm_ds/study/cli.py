@@ -14,11 +14,16 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="redo every run even if its outputs verify")
     args = p.parse_args(argv)
     from babylm_ds.study import SpecError, load_spec, run_study
-    from babylm_ds.training.jobs import JobError
+    from babylm_ds.training import preempt
+    from babylm_ds.training.jobs import JobError, JobStopped
 
+    preempt.relay()  # preempt: SIGTERM/SIGUSR1 reach the running jobs' ranks; the study then stops (exit 75)
     try:
         spec = load_spec(args.spec)
         run_study(spec, args.out or os.path.join("runs", f"study-{spec['name']}"), args.force, args.dry_run, args.threads)
+    except JobStopped as e:
+        print(f"babylm-ds study: {e}", file=sys.stderr)
+        return preempt.EXIT_STOPPED
     except (SpecError, JobError, OSError, ValueError) as e:
         print(f"babylm-ds study: error: {e}", file=sys.stderr)
         return 1

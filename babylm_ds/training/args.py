@@ -1,4 +1,5 @@
 """Command-line flags shared by the launchers: training (pretrain, distill) and distributed (all)."""
+from babylm_ds.models.manifest import add_verify_arg
 
 
 def add_dist_args(group):
@@ -18,6 +19,7 @@ def add_train_args(parser):
     Flags left at None fall back to the DeepSpeed JSON config (see `config.build_ds_config`)."""
     g = parser.add_argument_group("training")
     g.add_argument("--model", required=True, help="preset name (babylm_ds.models.preset_names()) or an HF model dir")
+    add_verify_arg(g)  # preempt: --no-verify (a --model dir, distill's --teachers)
     g.add_argument("--data", required=True, help="prepared data dir (babylm-ds prepare)")
     g.add_argument("--ds_config", "--ds-config", dest="ds_config", default=None,
                    help="DeepSpeed JSON config (default: ZeRO-1 with the values below)")

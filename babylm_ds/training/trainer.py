@@ -14,14 +14,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from babylm_ds.models.card import architecture, facts, launch_command, write_card
+from babylm_ds.models.manifest import write_manifest
 from babylm_ds.models.remote_code import with_bos, write_remote_code
+from babylm_ds.training import preempt
 from babylm_ds.training.config import build_ds_config
 from babylm_ds.training.dist import Watchdog, gather_state_dict, init_distributed
 from babylm_ds.training.guard import resume_dir, seal_checkpoint
 from babylm_ds.training.sampler import ResumableSampler
 from babylm_ds.training.schedule import build_scheduler
 from babylm_ds.utils.cli import EchoedError
-from babylm_ds.utils.io import atomic_path, atomic_write_json, sha256_file
+from babylm_ds.utils.io import atomic_path, atomic_write_json
 
 # Fault injection for tests: "rank:step" makes that rank die (os._exit(1)) once `step` optimizer steps are
 # done; "rank:step:hang" makes it stall instead (the others then fail after --dist-timeout); "rank:step:nan"
@@ -51,7 +53,7 @@ def fresh_copy(module, state_dict):
 def export_hf(module, state_dict, tokenizer, out_dir, card=None):
     """Write `out_dir` atomically as a self-contained HF model dir: safetensors + config + tokenizer (adding
     BOS by default, see `with_bos`), the generated modeling code of the project's own model families
-    (`auto_map`, for trust_remote_code), manifest.json with sha256 of every file, and the model card
+    (`auto_map`, for trust_remote_code), manifest.json with size and sha256 of every file, and the model card
     (README.md) from `card`'s facts."""
     tmp = f"{out_dir}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -61,8 +63,7 @@ def export_hf(module, state_dict, tokenizer, out_dir, card=None):
         write_remote_code(model, tmp)
         if tokenizer is not None:
             with_bos(tokenizer).save_pretrained(tmp)
-        files = sorted(f for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f)))
-        atomic_write_json(os.path.join(tmp, "manifest.json"), {f: sha256_file(os.path.join(tmp, f)) for f in files})
+        write_manifest(tmp)  # preempt: sizes and sha256, verified before the folder is read
         if card is not None:
             write_card(tmp, {**card, "architecture": architecture(model)})
     except OSError:  # e.g. a full disk: the previous out_dir stays as it was
@@ -141,8 +142,10 @@ class Trainer:
         atomic_write_json(os.path.join(self.args.out, "args.json"), vars(self.args))
         kept = []
         if start_step and os.path.exists(self.metrics_path):
+            redo = self._epoch_end_redone(start_step)  # preempt: its evaluation rows are written again
             with open(self.metrics_path) as f:
-                kept = [line for line in f if json.loads(line)["step"] <= start_step]
+                kept = [line for line in f if (r := json.loads(line))["step"] < start_step
+                        or r["step"] == start_step and not (redo and "train/loss" not in r)]
         with atomic_path(self.metrics_path) as tmp, open(tmp, "w") as f:
             f.writelines(kept)
         self.tb = SummaryWriter(os.path.join(self.args.out, "tb"), purge_step=start_step + 1 if start_step else None)
@@ -203,6 +206,14 @@ class Trainer:
         self._log(step, {"loss": loss}, "dev/")
         return loss
 
+    def _epoch_end(self, step, last_dev, dev_loss=None):
+        """Dev loss (unless just measured) and zero-shot scores at the end of an epoch; returns (dev loss, step)."""
+        if last_dev != step:
+            dev_loss = self._dev(step)
+        if self.args.eval_zeroshot:
+            self.evaluate_zeroshot(step)
+        return dev_loss, step
+
     def evaluate_zeroshot(self, step):
         """Epoch-end zero-shot eval of a gathered fp32 copy on rank 0; the others wait at a barrier, so
         --dist-timeout must exceed the evaluation's duration."""
@@ -218,6 +229,11 @@ class Trainer:
             del model
         dist.barrier()
         self.watchdog.beat()
+
+    def _epoch_end_redone(self, step):
+        """Whether a run resumed at `step` first redoes that epoch end's evaluation: a checkpoint saved at an
+        epoch's last step (--save-every, a stop signal) was written before the evaluation ran."""
+        return step > 0 and step % self.steps_per_epoch == 0
 
     def _identity(self):
         """What a checkpoint must share with this run for --resume to continue it exactly."""
@@ -248,16 +264,20 @@ class Trainer:
         step = self._resume(resume_tag) if resume_tag else 0
         self._open_logs(step)
         self.watchdog.start()
+        dev_loss, last_dev, last_save, loss, tokens, seconds = None, -1, step, float("nan"), 0, 0.0
+        if resume_tag and self._epoch_end_redone(step):
+            dev_loss, last_dev = self._epoch_end(step, last_dev)
         sampler = ResumableSampler(self.train_ds, self.world, self.rank, seed=args.seed)
         fault = os.environ.get(FAULT_ENV, "-1:-1").split(":")
         fault_at = int(fault[0]), int(fault[1])
         bar = tqdm(total=self.total_steps, initial=step, disable=self.rank != 0, dynamic_ncols=True)
-        dev_loss, last_dev, last_save, loss, tokens, seconds = None, -1, step, float("nan"), 0, 0.0
+        preempt.arm()  # preempt: from here a stop signal is handled at the end of a step
         while step < self.total_steps:
             epoch, offset = divmod(step, self.steps_per_epoch)
             sampler.set_position(epoch, offset * self.accum * self.micro)
             loader = iter(DataLoader(self.train_ds, batch_size=self.micro, sampler=sampler, collate_fn=collate,
-                                     drop_last=True, num_workers=args.num_workers))
+                                     drop_last=True, num_workers=args.num_workers,
+                                     worker_init_fn=preempt.ignore_in_worker))
             for _ in range(offset, min(self.steps_per_epoch, offset + self.total_steps - step)):
                 if (self.rank, step) == fault_at and fault[2:] != ["nan"]:
                     if fault[2:] == ["hang"]:
@@ -292,11 +312,17 @@ class Trainer:
                 if args.save_every and step % args.save_every == 0:
                     self.save(step)
                     last_save = step
-            if step % self.steps_per_epoch == 0:  # epoch end
-                if last_dev != step:
-                    dev_loss, last_dev = self._dev(step), step
-                if args.eval_zeroshot:
-                    self.evaluate_zeroshot(step)
+                if signame := preempt.requested(step):  # preempt: a signal on any rank: all save this step, stop
+                    bar.close()
+                    if last_save != step:
+                        self.save(step)
+                    if self.tb is not None:
+                        self.tb.close()
+                    preempt.stop(signame, f"at step {step}; checkpoint step{step} saved in {self.ckpt_dir}; "
+                                          "rerun with --resume", self.rank)
+            if step % self.steps_per_epoch == 0:
+                dev_loss, last_dev = self._epoch_end(step, last_dev, dev_loss)
+        preempt.disarm()  # preempt: finishing (final save, export): signals are ignored
         bar.close()
         if last_dev != step:
             dev_loss = self._dev(step)

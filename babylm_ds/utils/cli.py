@@ -15,15 +15,15 @@ class EchoedError(ValueError):
 
 
 def die_with_launcher(parent=None):
-    """Under a launcher (torchrun, deepspeed: LOCAL_RANK is set) ask the kernel for SIGKILL when the
+    """Under a launcher (torchrun, deepspeed: LOCAL_RANK is set) ask the kernel for SIGTERM when the
     launcher dies (prctl PR_SET_PDEATHSIG): ranks run in their own session, so killing the launcher's
-    process group would otherwise leave them training. `parent`: the launcher's pid, as `os.getppid()`
-    gave it at the script's first line (default: now); if it has died since, exit at once. Launchers
-    call it before their slow imports."""
+    process group would otherwise leave them training. SIGTERM, not SIGKILL: a training rank then saves
+    and stops (training.preempt), any other process dies. `parent`: the launcher's pid, as `os.getppid()`
+    gave it at the script's first line (default: now); if it has died since, exit at once."""
     if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
         return
     parent = os.getppid() if parent is None else parent
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the launcher died before prctl took effect
         os._exit(1)
 

@@ -1,0 +1,223 @@
+"""Stop signals (SIGTERM, SIGUSR1: a scheduler's time limit, preemption or warning): a run saves and stops.
+
+On a rank (the launchers call `install` in their first lines):
+- before `arm()` (start-up: imports, data checks, model build) a stop signal ends the process at once with
+  EXIT_STOPPED and one line: nothing has been trained, nothing is lost;
+- once armed (the training loop, the cache's shard loop) a signal is only recorded; `requested()`, a
+  collective called once per optimizer step (or cache shard), tells every rank whether any rank got one,
+  so all ranks save the same checkpoint and end together with `stop()`: one line, exit EXIT_STOPPED;
+- after `disarm()` (the run is finishing: final save, export) signals are ignored.
+A second signal never interrupts a save; a SIGKILL that follows leaves the last sealed checkpoint in charge.
+
+Launchers in between: torchrun passes SIGTERM (and SIGUSR1 when TORCHELASTIC_SIGNALS_TO_HANDLE lists it) to
+its ranks and SIGKILLs them 30 s later; DeepSpeed's per-node `launch` passes SIGTERM/SIGINT the same way;
+DeepSpeed's runner on one node passes nothing on. So a rank asks for SIGTERM (not SIGKILL) when its parent
+dies (`utils.cli.die_with_launcher`) and watches the launchers above its parent (`_watch_launchers`): a
+launcher killed by any signal makes its ranks save and stop.
+
+In a process that runs launcher jobs (the pipeline, a study; `training.jobs`): `relay()` records a stop
+signal and passes it to the ranks of every running job (not to the launcher wrappers, which would give them
+30 s), and to each rank that starts later; no new job is started.
+"""
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_STOPPED = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, work saved; rerun the same command to continue
+SIGNAL_ENV = "BABYLM_DS_SIGNAL_AT_STEP"  # tests: "rank:N[:SIGUSR1]" raises the signal (default SIGTERM) on that
+#                                          rank once N optimizer steps (cache_logits: N shards) are done
+LAUNCHERS = ("deepspeed", "torchrun", "deepspeed.launcher.runner", "deepspeed.launcher.launch", "torch.distributed.run")
+
+_received = []  # stop signals, in the order they came
+_state = {"mode": None, "phase": "starting"}  # mode: None | "rank" | "relay"; phase (rank): starting/armed/finishing
+_jobs, _signalled = {}, set()  # relay: pid -> processes seen in the job's tree; (pid, start time) signalled
+_lock = threading.Lock()  # guards _jobs
+
+
+def _say(line):
+    """One line on stderr, written directly (safe inside a signal handler)."""
+    os.write(2, f"{os.path.basename(sys.argv[0])}: {line}\n".encode())
+
+
+def _name(signum):
+    return signal.Signals(signum).name
+
+
+# --- ranks ---------------------------------------------------------------------------------------
+def install(early=()):
+    """On a rank, before any work: handle the stop signals as described above. `early`: signals that a
+    launcher script recorded while it was importing (then this exits at once)."""
+    _state["mode"] = "rank"
+    for s in SIGNALS:
+        signal.signal(s, _on_signal)
+    for s in early:
+        _on_signal(s, None)
+    _watch_launchers()
+
+
+def _on_signal(signum, _frame):
+    if _state["phase"] == "starting":
+        if os.environ.get("RANK", "0") == "0":
+            _say(f"stopped by {_name(signum)} while starting, before any step; nothing to save; rerun the same command")
+        os._exit(EXIT_STOPPED)
+    _received.append(signum)
+
+
+def arm():
+    _state["phase"] = "armed"
+
+
+def disarm():
+    _state["phase"] = "finishing"
+
+
+def requested(step=None):
+    """Collective (every rank, same point): the name of the stop signal any rank received, else None. A
+    no-op returning None in a process that did not `install`."""
+    if _state["mode"] != "rank":
+        return None
+    _test_signal(step)
+    import torch
+    import torch.distributed as dist
+
+    flags = torch.tensor([int(s in _received) for s in SIGNALS])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            flags = flags.cuda()
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    hit = [s for s, f in zip(SIGNALS, flags.tolist()) if f]
+    return _name(hit[0]) if hit else None
+
+
+def _test_signal(step):
+    rank, at, *sig = os.environ.get(SIGNAL_ENV, "-1:-1").split(":")
+    if step is not None and (int(rank), int(at)) == (int(os.environ.get("RANK", 0)), step):
+        signal.raise_signal(getattr(signal, sig[0] if sig else "SIGTERM"))
+
+
+def stop(signame, detail, rank):
+    """After every rank saved (and passed a barrier): rank 0 says `PROG: stopped by SIG <detail>`; every rank
+    exits with EXIT_STOPPED at once. No interpreter teardown: it can take minutes (a garbage collection of the
+    whole model graph was measured at > 2 min on a busy machine), past a scheduler's grace period, and an
+    implicit process-group teardown can abort; everything worth keeping is written and closed by now."""
+    if rank == 0:
+        _say(f"stopped by {signame} {detail}")
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(EXIT_STOPPED)
+
+
+def ignore_in_worker(_worker_id=None):
+    """DataLoader `worker_init_fn`: workers leave the stop signals to their rank (a signal to the process
+    group would otherwise kill them and fail the step the rank is finishing)."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def _is_launcher(proc):
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return any(os.path.basename(a) in LAUNCHERS for a in proc.cmdline()[:4])
+    return False
+
+
+def _watch_launchers():
+    """Under a launcher: SIGTERM this rank when a launcher above its parent dies (DeepSpeed's runner, killed
+    alone, would leave its `launch` child and the ranks training). The parent is covered by PDEATHSIG."""
+    if "LOCAL_RANK" not in os.environ:
+        return
+    import psutil
+
+    chain, proc = [], psutil.Process().parent()
+    while proc is not None and (up := proc.parent()) is not None and _is_launcher(up):
+        chain.append(up)
+        proc = up
+    if not chain:
+        return
+
+    def alive(p):
+        with contextlib.suppress(psutil.Error):
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        return False
+
+    def watch():
+        while all(alive(p) for p in chain):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="launcher-watch").start()
+
+
+# --- processes that run launcher jobs -------------------------------------------------------------
+def relay():
+    """In the main thread of a process that runs launcher jobs: record a stop signal and pass it on to the
+    ranks of every running job (`job`), now and as they start."""
+    _state["mode"] = "relay"
+    for s in SIGNALS:
+        signal.signal(s, _on_relay)
+
+
+def _on_relay(signum, _frame):
+    first = not _received
+    _received.append(signum)
+    if first:
+        threading.Thread(target=_pass_on, daemon=True, name="stop-relay").start()
+
+
+def received():
+    """The first stop signal this process received, by name, else None."""
+    return _name(_received[0]) if _received else None
+
+
+def _is_rank(proc):
+    """A process running a launchers/*.py script directly (`python [-u] launchers/X.py`), not a wrapper."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for arg in proc.cmdline()[1:]:
+            if arg in ("-m", "-c"):
+                return False
+            if not arg.startswith("-"):
+                return arg.endswith(".py") and os.path.basename(os.path.dirname(arg)) == "launchers"
+    return False
+
+
+def _pass_on():
+    """Until the process exits: signal every rank of every running job once (a job without ranks, e.g.
+    `babylm-ds prepare`, is signalled itself; a launcher wrapper never is)."""
+    import psutil
+
+    while True:
+        with _lock:
+            for pid in _jobs:
+                with contextlib.suppress(psutil.Error):
+                    top = psutil.Process(pid)
+                    _jobs[pid] = tree = [top, *top.children(recursive=True)]
+                    for p in [p for p in tree if _is_rank(p)] or ([] if _is_launcher(top) else [top]):
+                        if (key := (p.pid, p.create_time())) not in _signalled:
+                            _signalled.add(key)
+                            p.send_signal(_received[0])
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def job(proc):
+    """Around a running launcher job (a Popen): its ranks get the stop signals passed on; on leaving, once a
+    stop was passed on, wait until every process of its tree has exited (ranks may outlive their wrapper)."""
+    import psutil
+
+    with _lock:
+        _jobs[proc.pid] = []
+    try:
+        yield
+    finally:
+        with _lock:
+            tree = _jobs.pop(proc.pid, [])
+        if _received:
+            psutil.wait_procs([p for p in tree if p.pid != proc.pid])
