@@ -302,8 +302,9 @@ def test_ranks_die_with_their_launcher(tmp_path, when):
 @pytest.mark.slow
 def test_faults_benchmark_quick(tmp_path):
     """`benchmarks/faults.py --quick`: a kill -9 of pretrain.py aimed at a checkpoint save resumes
-    bit-identically with no orphaned rank, the planted bad inputs are refused with one line before
-    training, /dev/shm stays clean."""
+    bit-identically with no orphaned rank; a SIGTERM to torchrun at a random step loses no step, leaves a
+    sound checkpoint, says so in one line and resumes bit-identically; the planted bad inputs are refused
+    with one line before training, /dev/shm stays clean."""
     out = tmp_path / "faults.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--quick", "--json", str(out)],
                           capture_output=True, text=True, env={**os.environ, **LAUNCH_ENV}, cwd=ROOT, timeout=HANG_S)
@@ -313,3 +314,7 @@ def test_faults_benchmark_quick(tmp_path):
     assert "save" in trial["kill"]  # aimed at a save: landed inside it in 7 of 11 full-run trials
     assert s["kill_trials"] >= 1 and s["kill_trials_not_identical"] == 0 and s["orphans"] == 0
     assert s["bad_inputs"] >= 10 and s["bad_inputs_not_refused"] == [] and s["shm_leftovers"] == []
+    [signalled] = res["signals"]["pretrain.py"]["trials"]
+    assert signalled["signal"] == "SIGTERM" and signalled["stopped"] in ("training", "finished")
+    assert s["signal_trials"] == 1 and s["signal_steps_lost"] == 0 and s["signal_corrupt"] == 0
+    assert s["signal_trials_not_identical"] == 0 and s["signal_without_one_line"] == 0

@@ -98,7 +98,8 @@ def run_cmd(cmd, env, log, show=False):
     without NOISE. JobError on failure: the job's last `PROG: error: …` line, the log, the command. JobStopped
     when a stop signal came (preempt.relay): passed on to the job, or before it started (then it is not run)."""
     if signame := preempt.received():
-        raise JobStopped(f"stopped by {signame} before `{' '.join(cmd[-3:])}` started; rerun the same command to resume")
+        raise JobStopped(f"stopped by {signame} before the job of {os.path.basename(log)} started; "
+                         "rerun the same command to resume")
     os.makedirs(os.path.dirname(log), exist_ok=True)
     shown = os.path.relpath(log) if not os.path.relpath(log).startswith("..") else log
     print("$ " + " ".join(cmd) + f"\n  (full log: {shown})", flush=True)
