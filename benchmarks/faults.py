@@ -100,11 +100,10 @@ def survivors(tag):
     return pids
 
 
-def kill_at(cmd, log, out, seconds=None, step=None, save=None, progress=None):
-    """Start `cmd`, SIGKILL its process group after `seconds`, or once `progress(out)` (default: the last
-    step in metrics.jsonl) reaches `step`, plus up to 0.3 s, or the moment checkpoint `step{save}` is being
-    written (its dir exists, unsealed); returns (whether it was killed, number of its processes still alive
-    30 s later, then killed here)."""
+def start_until(cmd, log, out, seconds=None, step=None, save=None, progress=None):
+    """Start `cmd` (its own process group) and return it at a moment: after `seconds`, or once `progress(out)`
+    (default: the last step in metrics.jsonl) reaches `step`, plus up to 0.3 s, or the moment checkpoint
+    `step{save}` is being written (its dir exists, unsealed); or when it has ended."""
     rng, progress = random.Random(f"{out}{seconds}{step}{save}"), progress or _last_step
     if save is not None:
         step, progress = save, _unsealed
@@ -118,37 +117,39 @@ def kill_at(cmd, log, out, seconds=None, step=None, save=None, progress=None):
             time.sleep(0 if save is not None else rng.uniform(0, 0.3))
             break
         time.sleep(0.005 if save is not None else 0.02)
-    killed = proc.poll() is None
-    if killed:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    return proc
+
+
+def reap(out, wait):
+    """Wait up to `wait` s for every process whose command line mentions `out` to end; SIGKILL the rest and
+    return how many there were (orphans)."""
     t1 = time.time()
-    while survivors(str(out)) and time.time() - t1 < 30:
+    while survivors(str(out)) and time.time() - t1 < wait:
         time.sleep(0.1)
     left = survivors(str(out))
     for pid in left:
         os.kill(pid, signal.SIGKILL)
-    return killed, len(left)
+    return len(left)
 
 
-def signal_at(cmd, log, out, sig, target, second=False, seconds=None, step=None, save=None):
-    """Start `cmd` and send `sig` at a moment chosen as in `kill_at`, to the launcher alone (target "launcher")
-    or to every process of the job ("group"; torchrun's ranks run in sessions of their own, so they get it from
+def kill_at(cmd, log, out, progress=None, **moment):
+    """SIGKILL the process group of `cmd` at a `moment` (see `start_until`); returns (whether it was killed,
+    number of its processes still alive 30 s later, then killed here)."""
+    proc = start_until(cmd, log, out, progress=progress, **moment)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return killed, reap(out, 30)
+
+
+def signal_at(cmd, log, out, sig, target, second=False, **moment):
+    """Send `sig` to `cmd` at a `moment` (see `start_until`), to the launcher alone (target "launcher") or to
+    every process of the job ("group"; torchrun's ranks run in sessions of their own, so they get it from
     torchrun); with `second`, send it again to every process of the job while the stop's checkpoint is written.
-    Returns the trial's facts: whether it was signalled and when, the launcher's exit code, orphans."""
-    rng, progress = random.Random(f"{out}{seconds}{step}{save}{sig}"), _last_step
-    if save is not None:
-        step, progress = save, _unsealed
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT, start_new_session=True)
-    t0 = time.time()
-    while proc.poll() is None:
-        if seconds is not None and time.time() - t0 >= seconds:
-            break
-        if step is not None and progress(out) >= step:
-            time.sleep(0 if save is not None else rng.uniform(0, 0.3))
-            break
-        time.sleep(0.005 if save is not None else 0.02)
+    Returns the trial's facts: whether it was signalled and when, the launcher's exit code, orphans (processes
+    left 60 s after the launcher ended: ranks may outlive a launcher that died of the signal)."""
+    proc, t0 = start_until(cmd, log, out, **moment), time.time()
     facts = {"signalled": proc.poll() is None, "at_step": _last_step(out), "second_during_save": False}
     if facts["signalled"]:
         (os.kill if target == "launcher" else os.killpg)(proc.pid, sig)
@@ -165,13 +166,7 @@ def signal_at(cmd, log, out, sig, target, second=False, seconds=None, step=None,
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise RuntimeError(f"hung for {HANG}s after {signal.Signals(sig).name}: {' '.join(cmd)} (log {log})") from None
-    t1 = time.time()
-    while survivors(str(out)) and time.time() - t1 < 60:  # ranks may outlive a launcher that died of the signal
-        time.sleep(0.1)
-    left = survivors(str(out))
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    facts["orphans"] = len(left)
+    facts["orphans"] = reap(out, 60)
     return facts
 
 

@@ -1,6 +1,6 @@
 """Stop signals (SIGTERM, SIGUSR1: a scheduler's time limit, preemption or warning): a run saves and stops.
 
-On a rank (the launchers call `install` in their first lines):
+On a rank (a launcher script records stop signals from its first lines and calls `install` once imported):
 - before `arm()` (start-up: imports, data checks, model build) a stop signal ends the process at once with
   EXIT_STOPPED and one line: nothing has been trained, nothing is lost;
 - once armed (the training loop, the cache's shard loop) a signal is only recorded; `requested()`, a
