@@ -17,10 +17,9 @@ MANIFEST = "manifest.json"
 UNLISTED_REFUSED = (".safetensors", ".bin", ".pt", ".pth", ".py", "config.json")  # what transformers reads or runs
 
 
-def write_manifest(folder, exclude=()):
-    """Write `folder`/manifest.json listing {file: {"size", "sha256"}} of every file in it but `exclude`."""
-    files = sorted(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)) and f not in exclude
-                   and f != MANIFEST)
+def write_manifest(folder):
+    """Write `folder`/manifest.json listing {file: {"size", "sha256"}} of every file in it."""
+    files = sorted(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)) and f != MANIFEST)
     atomic_write_json(os.path.join(folder, MANIFEST),
                       {f: {"size": os.path.getsize(os.path.join(folder, f)), "sha256": sha256_file(os.path.join(folder, f))}
                        for f in files})
@@ -33,6 +32,8 @@ def verify_model_dir(folder, verify=True, listing=MANIFEST):
     (a DeepSpeed checkpoint's checksums.json, written when it was sealed)."""
     if not verify:
         return
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"model folder {folder} does not exist")
     path = os.path.join(folder, listing)
     if not os.path.isfile(path):
         raise ValueError(f"{folder} has no {listing}, so its files cannot be verified (babylm-ds writes one with "
