@@ -170,6 +170,18 @@ def signal_at(cmd, log, out, sig, target, second=False, **moment):
     return facts
 
 
+def stop_kind(row):
+    """How a signal trial ended: "training" (stopped after a step, saved), "starting" (stopped before the first
+    step: nothing to save), "finished" (the run ended first), "launcher" (the launcher died of the signal
+    before it started any rank: empty log, nothing ran), else "unexplained"."""
+    if row["lines"]:
+        return "training" if " at step " in row["lines"][0] else "starting"
+    if row.get("finished", row.get("stopped") == "finished"):
+        return "finished"
+    launcher_only = row["steps_done"] == 0 and row["exit"] == -getattr(signal, row["signal"])
+    return "launcher" if launcher_only else "unexplained"
+
+
 def _last_step(out):
     try:
         lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
@@ -340,13 +352,12 @@ class Suite:
                                                            self.log(f"{name}-signal-rerun-{i}"))
             got = losses(out) if rc == 0 else {}
             rows.append({"signal": signal.Signals(sig).name, "launcher": launch.__name__, "target": target,
-                         "moment": how, **facts, "lines": said, "one_line": len(said) == 1,
-                         "stopped": "training" if said and " at step " in said[0] else
-                                    "starting" if said else "finished" if finished else "no",
+                         "moment": how, **facts, "lines": said, "one_line": len(said) == 1, "finished": finished,
                          "checkpoint_step": ckpt, "steps_done": done, "steps_lost": done - ckpt,
                          "corrupt": corrupt, "resumed": bool(resume), "rerun_rc": rc,
                          "bit_identical": got == want and losses(out, "dev/loss") == want_dev,
                          "error": "" if rc == 0 else text.strip().splitlines()[-1][:200]})
+            rows[-1]["stopped"] = stop_kind(rows[-1])
             print(f"  signal trial {name} {i}: {rows[-1]['signal']} {launch.__name__}/{target} {how}: "
                   f"{rows[-1]['stopped']}, lost {rows[-1]['steps_lost']}, identical {rows[-1]['bit_identical']}",
                   flush=True)
@@ -603,15 +614,17 @@ def table(results):
         lines.append(f"| {r['input']} | {r['exit']} | {r['seconds']} | {'yes' if r['one_line'] else 'NO'} | "
                      f"{'YES' if r['trained'] else 'no'} | {'YES' if r['good_files_changed'] else 'no'} | {msg} |")
     if results["signals"]:
-        lines += ["", "| signal trials | trials | SIGTERM | SIGUSR1 | stopped while training | stopped while starting | "
-                  "finished first | 2nd signal during the save | one line | steps lost | corrupt | orphans | resumed | "
-                  "identical to reference |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| signal trials | trials | SIGTERM | SIGUSR1 | stopped after a step | stopped while starting | "
+                  "launcher died before any rank | finished first | 2nd signal during the save | one line | steps lost | "
+                  "corrupt | orphans | resumed | identical to reference |", "|" + "---|" * 15]
         for name, r in results["signals"].items():
-            t, count = r["trials"], lambda key, value=True: sum(x[key] == value for x in r["trials"])  # noqa: E731
+            t = [{**x, "stopped": stop_kind(x)} for x in r["trials"]]
+            count = lambda key, value=True: sum(x[key] == value for x in t)  # noqa: E731
             lines.append(f"| {name} | {len(t)} | {count('signal', 'SIGTERM')} | {count('signal', 'SIGUSR1')} | "
                          f"{count('stopped', 'training')} | {count('stopped', 'starting')} | "
-                         f"{count('stopped', 'finished')} | {count('second_during_save')} | "
-                         f"{count('one_line') + count('stopped', 'finished')}/{len(t)} | "
+                         f"{count('stopped', 'launcher')} | {count('stopped', 'finished')} | "
+                         f"{count('second_during_save')} | {count('one_line')}/"
+                         f"{count('stopped', 'training') + count('stopped', 'starting')} | "
                          f"{sum(x['steps_lost'] for x in t)} | {sum(x['corrupt'] for x in t)} | "
                          f"{sum(x['orphans'] for x in t)} | {count('resumed')} | {count('bit_identical')}/{len(t)} |")
     if results["ranks"]:
@@ -690,8 +703,9 @@ def main(argv=None):
         "signal_trials_not_identical": sum(not x["bit_identical"] for r in res["signals"].values() for x in r["trials"]),
         "signal_steps_lost": sum(x["steps_lost"] for r in res["signals"].values() for x in r["trials"]),
         "signal_corrupt": sum(x["corrupt"] for r in res["signals"].values() for x in r["trials"]),
-        "signal_without_one_line": sum(not x["one_line"] and x["stopped"] != "finished"
+        "signal_without_one_line": sum(not x["one_line"] and stop_kind(x) in ("training", "starting", "unexplained")
                                        for r in res["signals"].values() for x in r["trials"]),
+        "signal_unexplained": sum(stop_kind(x) == "unexplained" for r in res["signals"].values() for x in r["trials"]),
         "bad_inputs": len(res["bad_inputs"]), "bad_inputs_not_refused": [r["input"] for r in res["bad_inputs"]
                                                                          if not r["refused"]],
         "shm_leftovers": sorted(f for f in set(os.listdir("/dev/shm")) - shm
