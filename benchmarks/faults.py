@@ -614,19 +614,21 @@ def table(results):
         lines.append(f"| {r['input']} | {r['exit']} | {r['seconds']} | {'yes' if r['one_line'] else 'NO'} | "
                      f"{'YES' if r['trained'] else 'no'} | {'YES' if r['good_files_changed'] else 'no'} | {msg} |")
     if results["signals"]:
-        lines += ["", "| signal trials | trials | SIGTERM | SIGUSR1 | stopped after a step | stopped while starting | "
-                  "launcher died before any rank | finished first | 2nd signal during the save | one line | steps lost | "
-                  "corrupt | orphans | resumed | identical to reference |", "|" + "---|" * 15]
+        lines += ["", "| signal trials | signal | trials | signalled | stopped after a step (signalled at -> saved) | "
+                  "stopped while starting | launcher died before any rank | finished first | 2nd signal during the save | "
+                  "one line | steps lost | corrupt | orphans | resumed | identical to reference |", "|" + "---|" * 15]
         for name, r in results["signals"].items():
-            t = [{**x, "stopped": stop_kind(x)} for x in r["trials"]]
-            count = lambda key, value=True: sum(x[key] == value for x in t)  # noqa: E731
-            lines.append(f"| {name} | {len(t)} | {count('signal', 'SIGTERM')} | {count('signal', 'SIGUSR1')} | "
-                         f"{count('stopped', 'training')} | {count('stopped', 'starting')} | "
-                         f"{count('stopped', 'launcher')} | {count('stopped', 'finished')} | "
-                         f"{count('second_during_save')} | {count('one_line')}/"
-                         f"{count('stopped', 'training') + count('stopped', 'starting')} | "
-                         f"{sum(x['steps_lost'] for x in t)} | {sum(x['corrupt'] for x in t)} | "
-                         f"{sum(x['orphans'] for x in t)} | {count('resumed')} | {count('bit_identical')}/{len(t)} |")
+            for sig in sorted({x["signal"] for x in r["trials"]}, key=lambda s: getattr(signal, s)):
+                t = [{**x, "stopped": stop_kind(x)} for x in r["trials"] if x["signal"] == sig]
+                count = lambda key, value=True: sum(x[key] == value for x in t)  # noqa: E731
+                steps = ", ".join(f"{x['at_step']} -> {x['checkpoint_step']}" for x in t if x["stopped"] == "training")
+                lines.append(f"| {name} | {sig} | {len(t)} | {count('signalled')} | {count('stopped', 'training')}"
+                             f"{f' ({steps})' if steps else ''} | {count('stopped', 'starting')} | "
+                             f"{count('stopped', 'launcher')} | {count('stopped', 'finished')} | "
+                             f"{count('second_during_save')} | {count('one_line')}/"
+                             f"{count('stopped', 'training') + count('stopped', 'starting')} | "
+                             f"{sum(x['steps_lost'] for x in t)} | {sum(x['corrupt'] for x in t)} | "
+                             f"{sum(x['orphans'] for x in t)} | {count('resumed')} | {count('bit_identical')}/{len(t)} |")
     if results["ranks"]:
         lines += ["", "| rank 1 after step 2 | --dist-timeout s | exit | seconds to exit after the fault | whole job s | "
                   "orphans | message |", "|---|---|---|---|---|---|---|"]
