@@ -620,7 +620,7 @@ def table(results):
         for name, r in results["signals"].items():
             for sig in sorted({x["signal"] for x in r["trials"]}, key=lambda s: getattr(signal, s)):
                 t = [{**x, "stopped": stop_kind(x)} for x in r["trials"] if x["signal"] == sig]
-                count = lambda key, value=True: sum(x[key] == value for x in t)  # noqa: E731
+                count = lambda key, value=True, t=t: sum(x[key] == value for x in t)  # noqa: E731
                 steps = ", ".join(f"{x['at_step']} -> {x['checkpoint_step']}" for x in t if x["stopped"] == "training")
                 lines.append(f"| {name} | {sig} | {len(t)} | {count('signalled')} | {count('stopped', 'training')}"
                              f"{f' ({steps})' if steps else ''} | {count('stopped', 'starting')} | "
