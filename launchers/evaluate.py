@@ -7,7 +7,9 @@ import _preamble  # noqa: F401, I001  (first: see launchers/_preamble.py)
 import sys
 
 from babylm_ds.evaluation.cli import main
+from babylm_ds.training import preempt
 from babylm_ds.utils.cli import run_cli
 
 if __name__ == "__main__":
+    preempt.uninstall(_preamble.STOPS)  # nothing to save: a stop signal ends it
     sys.exit(run_cli(main))

@@ -8,6 +8,7 @@ import _preamble  # noqa: F401, I001  (first: see launchers/_preamble.py)
 import sys
 
 from babylm_ds.config import parse
+from babylm_ds.training import preempt
 from babylm_ds.utils.cli import run_cli
 
 
@@ -20,4 +21,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    preempt.install(_preamble.STOPS, _preamble.ANCESTORS)  # a stop signal saves and stops (training.preempt)
     sys.exit(run_cli(main))
