@@ -128,6 +128,38 @@ def test_sigterm_to_the_deepspeed_runner_alone_reaches_the_ranks(tiny_data_dir, 
     assert verify_checkpoint(out / "checkpoints") == f"step{step}"
 
 
+def test_stop_on_signal_callback_saves_through_the_checkpoint_then_stops(monkeypatch):
+    """The Trainer's StopOnSignal (last of the default callbacks, after Checkpoint): asked once per step end
+    (a collective), a stop on any rank ends the loop; at the train end Checkpoint saves that step once and
+    then the process stops with the line naming it; a run stopped for another reason is left alone."""
+    from types import SimpleNamespace
+
+    from babylm_ds.config import parse
+    from babylm_ds.training.callbacks import Checkpoint, StopOnSignal, TrainState, default_callbacks
+
+    cfg = parse("pretrain", ["--model", "m", "--data", "d", "--out", "o", "--save-every", "2"])
+    names = [type(c).__name__ for c in default_callbacks(cfg)]
+    assert names[-2:] == ["Checkpoint", "StopOnSignal"]
+    calls = []
+    monkeypatch.setattr(preempt, "requested", lambda step: calls.append(("asked", step)) or ("SIGUSR1" if step == 3 else None))
+    monkeypatch.setattr(preempt, "stop", lambda *a: calls.append(("stop", *a)))
+    t = SimpleNamespace(rank=0, tb=None, ckpt_dir="OUT/checkpoints", save=lambda step: calls.append(("save", step)))
+    callbacks, s = [Checkpoint(2), StopOnSignal()], TrainState()
+    for hook in ["on_train_start", *["on_step_end"] * 5, "on_train_end"]:
+        if hook == "on_step_end":
+            if s.stop is not None:
+                continue
+            s.step += 1
+        for c in callbacks:
+            getattr(c, hook)(t, s)
+    assert calls == [("asked", 1), ("save", 2), ("asked", 2), ("asked", 3), ("save", 3),
+                     ("stop", "SIGUSR1", "at step 3; checkpoint step3 saved in OUT/checkpoints; rerun with --resume", 0)]
+    calls.clear()
+    s.stop = "stop requested"
+    StopOnSignal().on_train_end(t, s)
+    assert calls == []
+
+
 def test_signal_while_starting_exits_at_once_with_one_line(tiny_data_dir, tmp_path):
     """Before the first step there is nothing to save: exit 75 with one line (also when the signal came while
     Python was still importing torch)."""
