@@ -5,7 +5,7 @@
 
 Re-running the same command resumes: verified shards are kept, anything else is redone.
 """
-import _preamble  # noqa: F401, I001  (first: see launchers/_preamble.py)
+import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
 
 import os
 import sys

@@ -2,7 +2,7 @@
 
     python launchers/evaluate.py --model RUN/final [--tasks blimp,supplement,ewok] [--limit N] [--ppl-data DATA]
 """
-import _preamble  # noqa: F401, I001  (first: see launchers/_preamble.py)
+import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
 
 import sys
 

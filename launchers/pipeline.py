@@ -11,7 +11,7 @@ exercises exactly what a user runs. A stage is skipped when its output exists an
 the same command; an interrupted stage is resumed (`--resume`), a changed one is redone from scratch.
 --force redoes the selected --stages.
 """
-import _preamble  # noqa: F401, I001  (first: see launchers/_preamble.py)
+import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
 
 import sys
 

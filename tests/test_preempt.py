@@ -220,13 +220,14 @@ def test_cache_logits_stops_at_a_shard_boundary_and_resumes_byte_identical(tiny_
 # --- stop signals: jobs run by the pipeline or a study, and SLURM ---------------------------------
 @pytest.mark.slow
 def test_pipeline_passes_sigterm_to_its_job_and_resumes(tmp_path):
-    """SIGTERM to the pipeline process alone, while its teacher trains (torchrun, 2 ranks): the ranks save and
-    stop, the pipeline waits for them, says so in one line and exits 75; rerunning it resumes the teacher."""
+    """SIGTERM to the pipeline process alone (the demo study), while its teacher trains (torchrun, 2 ranks): the
+    ranks save and stop, the pipeline waits for them, starts nothing more, says so in one line and exits 75;
+    rerunning it resumes the teacher."""
     out = tmp_path / "pipe"
     cmd = [PY, str(ROOT / "launchers" / "pipeline.py"), "--out", str(out), "--max-words", "20000", "--vocab-size", "500",
-           "--seq-len", "32", "--teachers", "llama-tiny", "--teacher-steps", "60", "--micro-batch", "4",
-           "--launcher", "torchrun", "--stages", "prepare,teachers"]
-    run_dir = out / "runs" / "teacher-llama-tiny"
+           "--seq-len", "32", "--teachers", "llama-tiny", "--teacher-steps", "60", "--student", "llama-tiny", "--steps",
+           "2", "--micro-batch", "4", "--launcher", "torchrun", "--stages", "prepare,train"]
+    run_dir = out / "runs" / "teacher-lr0.003-s0"
     proc = start(cmd, tmp_path / "pipe.log")
     wait_for_step(run_dir, 3, proc)
     proc.send_signal(signal.SIGTERM)
@@ -234,12 +235,13 @@ def test_pipeline_passes_sigterm_to_its_job_and_resumes(tmp_path):
     assert gone(str(run_dir), timeout=1)  # the pipeline waited for every process of its job
     last = Path(tmp_path / "pipe.log").read_text().strip().splitlines()[-1]
     step = max(read_metrics(run_dir, "train/loss"))
-    assert last.startswith(f"pipeline: stopped by SIGTERM (pretrain.py: stopped by SIGTERM at step {step}; checkpoint "
+    assert not (out / "runs" / "student-lr0.003-s0").exists()  # the next job was not started
+    assert last.startswith(f"pipeline.py: stopped by SIGTERM (pretrain.py: stopped by SIGTERM at step {step}; checkpoint "
                            f"step{step} saved") and last.endswith("rerun the same command to resume")
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step{step}" and step < 60
     rc = finish(start(cmd, tmp_path / "pipe2.log"), tmp_path / "pipe2.log")
     assert rc == 0, Path(tmp_path / "pipe2.log").read_text()[-3000:]
-    cmds = [x for x in (out / "logs" / "teacher-llama-tiny.log").read_text().splitlines() if x.startswith("$ ")]
+    cmds = [x for x in (out / "logs" / "teacher-lr0.003-s0.log").read_text().splitlines() if x.startswith("$ ")]
     assert len(cmds) == 2 and cmds[1].endswith("--resume")
     assert sorted(read_metrics(run_dir, "train/loss")) == list(range(1, 61))
 
