@@ -75,10 +75,13 @@ class Data:
 
 @dataclass
 class Model:
-    """What is trained: a preset of the zoo or a saved HF model dir, with config overrides."""
+    """What is trained: a preset of the zoo or a saved HF model dir, with config overrides; how model dirs are read."""
     name: Annotated[str | None, flag("--model")] = None  # preset (python -m babylm_ds.models.zoo) or an HF model dir
     config: Annotated[dict, flag("--model-config", nargs="*", metavar="KEY=VALUE")] = field(default_factory=dict)
     # model config overrides, e.g. hidden_size=256 num_hidden_layers=4 (not vocab_size: it comes from the data)
+    no_verify: bool = False
+    # load model folders (an HF --model dir, the teachers) without checking their manifest.json (e.g. a folder
+    # babylm-ds did not export); by default a missing, truncated or edited file is refused before loading
 
 
 @dataclass
@@ -327,7 +330,8 @@ COMMANDS = {
                         "run.force"), ("data.dir",)),
     "pretrain": (_select(*_TRAIN), ("data.dir", "model.name", "run.out")),
     "distill": (_select(*_TRAIN, "distill"), ("data.dir", "run.out")),
-    "cache_logits": (_select("data.dir", "distill.teachers", "distill.teacher_weights", "run.out", "run.force", "cache",
+    "cache_logits": (_select("data.dir", "distill.teachers", "distill.teacher_weights", "model.no_verify", "run.out",
+                             "run.force", "cache",
                              "run.dist_timeout", "run.local_rank"), ("data.dir", "distill.teachers", "run.out")),
     "study": (_select("run.out", "run.threads", "run.force"), ()),
 }

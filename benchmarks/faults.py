@@ -1,9 +1,11 @@
-"""Fault and bad-input suite on tiny presets, CPU: kill -9 anywhere loses nothing, every planted bad input
-is refused before training with one line, a dead or hung rank ends the job after --dist-timeout.
+"""Fault and bad-input suite on tiny presets, CPU: kill -9 anywhere loses nothing, a stop signal loses no step,
+every planted bad input is refused before training with one line, a dead or hung rank ends the job after
+--dist-timeout.
 
-    python benchmarks/faults.py            (full: 20 cache, 20 pretrain, 10 distill kill trials; ≈1 h on 2 cores)
-    python benchmarks/faults.py --quick    (1 pretrain kill trial aimed at a checkpoint save, 4 bad inputs + the
-                                            op's checks; what CI runs)
+    python benchmarks/faults.py            (full: 20 cache, 20 pretrain, 10 distill kill trials, 10 pretrain and
+                                            6 distill signal trials; ≈1.5 h on 2 cores)
+    python benchmarks/faults.py --quick    (1 pretrain kill trial aimed at a checkpoint save, 1 pretrain SIGTERM
+                                            trial, 4 bad inputs + the op's checks; what CI runs)
 
 Kill trials run 2 ranks under torchrun and SIGKILL the launcher's process group at a random moment: a random
 time, a random step plus up to 0.3 s, or (every third training trial, the first included) the moment a
@@ -12,9 +14,15 @@ random checkpoint is being written, before it is sealed; the ranks die with the 
 an uninterrupted reference: cache shards byte for byte (corrupt, missing, duplicated sequences), training
 per-step losses bit for bit (CPU fp32). Bad inputs run in one process (`python launcher ...`), each on its
 own damaged copy; "good files changed" compares the sha256 of every file that must survive, before and
-after. Prints a table and writes benchmarks/results/faults.json (--json).
+after. Signal trials (`--parts signals`) send SIGTERM or SIGUSR1 to a 2-rank pretrain/distill at a random moment
+(a random step plus up to 0.3 s, a random time, or while a checkpoint is being written), to the launcher alone
+or to every process of the job (as SLURM does), under torchrun or the deepspeed launcher, some with a second
+signal while the stop's checkpoint is written; then count the steps done but not saved, check the checkpoint's
+checksums, and resume it against the uninterrupted reference. Prints a table and writes
+benchmarks/results/faults.json (--json).
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from babylm_ds.models.manifest import write_manifest  # noqa: E402
 from babylm_ds.training.dist import free_port  # noqa: E402
+from babylm_ds.training.guard import verify_checkpoint  # noqa: E402
 from babylm_ds.utils.io import lock_dir  # noqa: E402
 
 PY = sys.executable
@@ -90,11 +100,10 @@ def survivors(tag):
     return pids
 
 
-def kill_at(cmd, log, out, seconds=None, step=None, save=None, progress=None):
-    """Start `cmd`, SIGKILL its process group after `seconds`, or once `progress(out)` (default: the last
-    step in metrics.jsonl) reaches `step`, plus up to 0.3 s, or the moment checkpoint `step{save}` is being
-    written (its dir exists, unsealed); returns (whether it was killed, number of its processes still alive
-    30 s later, then killed here)."""
+def start_until(cmd, log, out, seconds=None, step=None, save=None, progress=None):
+    """Start `cmd` (its own process group) and return it at a moment: after `seconds`, or once `progress(out)`
+    (default: the last step in metrics.jsonl) reaches `step`, plus up to 0.3 s, or the moment checkpoint
+    `step{save}` is being written (its dir exists, unsealed); or when it has ended."""
     rng, progress = random.Random(f"{out}{seconds}{step}{save}"), progress or _last_step
     if save is not None:
         step, progress = save, _unsealed
@@ -108,17 +117,69 @@ def kill_at(cmd, log, out, seconds=None, step=None, save=None, progress=None):
             time.sleep(0 if save is not None else rng.uniform(0, 0.3))
             break
         time.sleep(0.005 if save is not None else 0.02)
-    killed = proc.poll() is None
-    if killed:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    return proc
+
+
+def reap(out, wait):
+    """Wait up to `wait` s for every process whose command line mentions `out` to end; SIGKILL the rest and
+    return how many there were (orphans)."""
     t1 = time.time()
-    while survivors(str(out)) and time.time() - t1 < 30:
+    while survivors(str(out)) and time.time() - t1 < wait:
         time.sleep(0.1)
     left = survivors(str(out))
     for pid in left:
         os.kill(pid, signal.SIGKILL)
-    return killed, len(left)
+    return len(left)
+
+
+def kill_at(cmd, log, out, progress=None, **moment):
+    """SIGKILL the process group of `cmd` at a `moment` (see `start_until`); returns (whether it was killed,
+    number of its processes still alive 30 s later, then killed here)."""
+    proc = start_until(cmd, log, out, progress=progress, **moment)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return killed, reap(out, 30)
+
+
+def signal_at(cmd, log, out, sig, target, second=False, **moment):
+    """Send `sig` to `cmd` at a `moment` (see `start_until`), to the launcher alone (target "launcher") or to
+    every process of the job ("group"; torchrun's ranks run in sessions of their own, so they get it from
+    torchrun); with `second`, send it again to every process of the job while the stop's checkpoint is written.
+    Returns the trial's facts: whether it was signalled and when, the launcher's exit code, orphans (processes
+    left 60 s after the launcher ended: ranks may outlive a launcher that died of the signal)."""
+    proc, t0 = start_until(cmd, log, out, **moment), time.time()
+    facts = {"signalled": proc.poll() is None, "at_step": _last_step(out), "second_during_save": False}
+    if facts["signalled"]:
+        (os.kill if target == "launcher" else os.killpg)(proc.pid, sig)
+        while second and (proc.poll() is None or survivors(str(out))) and time.time() - t0 < HANG:
+            if _unsealed(out):
+                for pid in survivors(str(out)):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, sig)
+                facts["second_during_save"] = True
+                break
+            time.sleep(0.005)
+    try:
+        facts["exit"] = proc.wait(timeout=HANG)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise RuntimeError(f"hung for {HANG}s after {signal.Signals(sig).name}: {' '.join(cmd)} (log {log})") from None
+    facts["orphans"] = reap(out, 60)
+    return facts
+
+
+def stop_kind(row):
+    """How a signal trial ended: "training" (stopped after a step, saved), "starting" (stopped before the first
+    step: nothing to save), "finished" (the run ended first), "launcher" (the launcher died of the signal
+    before it started any rank: empty log, nothing ran), else "unexplained"."""
+    if row["lines"]:
+        return "training" if " at step " in row["lines"][0] else "starting"
+    if row.get("finished", row.get("stopped") == "finished"):
+        return "finished"
+    launcher_only = row["steps_done"] == 0 and row["exit"] == -getattr(signal, row["signal"])
+    return "launcher" if launcher_only else "unexplained"
 
 
 def _last_step(out):
@@ -164,7 +225,8 @@ class Suite:
     def __init__(self, work, quick):
         self.work, self.quick, self.rng = Path(work), quick, random.Random(0)
         self.data, self.teacher = self.work / "data", self.work / "teacher"
-        self.results = {"kill": {}, "bad_inputs": [], "ranks": []}
+        self.results = {"kill": {}, "signals": {}, "bad_inputs": [], "ranks": []}
+        self.refs = {}
 
     def log(self, name):
         return str(self.work / "logs" / f"{name}.log")
@@ -183,6 +245,7 @@ class Suite:
         model = build_model("llama-tiny", vocab_size=500, **MICRO)
         model.save_pretrained(self.teacher)
         load_tokenizer(self.data).save_pretrained(self.teacher)
+        write_manifest(self.teacher)  # as an export has one (teachers are verified before they are read)
 
     def cache_cmd(self, out, *extra, launch=torchrun):
         return launch("cache_logits.py", "--data", str(self.data), "--teachers", str(self.teacher), "--out", str(out),
@@ -195,10 +258,16 @@ class Suite:
         return launch(name, *argv)
 
     # --- kill -9 trials -----------------------------------------------------------------------
+    def cache_reference(self):
+        """The uninterrupted cache (deepspeed launcher, 2 ranks; distill's teacher cache), made once: seconds."""
+        if "cache" not in self.refs:
+            rc, seconds, out = run(self.cache_cmd(self.work / "ref-cache", launch=deepspeed), self.log("ref-cache"))
+            assert rc == 0, out[-3000:]
+            self.refs["cache"] = seconds
+        return self.refs["cache"]
+
     def cache_trials(self, n):
-        ref = self.work / "ref-cache"
-        rc, seconds, out = run(self.cache_cmd(ref, launch=deepspeed), self.log("ref-cache"))
-        assert rc == 0, out[-3000:]
+        ref, seconds = self.work / "ref-cache", self.cache_reference()
         want, rows = tree(ref), []
         from babylm_ds.cache import TeacherCache, verify
         ref_cache = TeacherCache(ref)
@@ -225,11 +294,18 @@ class Suite:
             shutil.rmtree(out, ignore_errors=True)
         self.results["kill"]["cache_logits.py"] = {"reference_seconds": round(seconds, 1), "trials": rows}
 
-    def train_trials(self, name, n):
+    def reference(self, name):
+        """The uninterrupted run of `name` (deepspeed launcher, 2 ranks), made once: (per-step losses, seconds)."""
         ref = self.work / f"ref-{name}"
-        rc, seconds, out = run(self.train_cmd(name, ref, launch=deepspeed), self.log(f"ref-{name}"))
-        assert rc == 0, out[-3000:]
-        want, rows = losses(ref), []
+        if name not in self.refs:
+            rc, seconds, out = run(self.train_cmd(name, ref, launch=deepspeed), self.log(f"ref-{name}"))
+            assert rc == 0, out[-3000:]
+            self.refs[name] = losses(ref), seconds
+        return self.refs[name]
+
+    def train_trials(self, name, n):
+        want, seconds = self.reference(name)
+        rows = []
         for i in range(n):
             out = self.work / f"{name}-kill-{i}"
             how = [dict(save=self.rng.choice([3, 6, 9, 12])),  # --save-every 3 of 12 steps
@@ -244,6 +320,49 @@ class Suite:
                          "error": "" if rc == 0 else text.strip().splitlines()[-1][:200]})
             shutil.rmtree(out, ignore_errors=True)
         self.results["kill"][name] = {"reference_seconds": round(seconds, 1), "trials": rows}
+
+    # --- stop signals -------------------------------------------------------------------------
+    def signal_trials(self, name, n):
+        """n trials of `name`: SIGUSR1 in every third, SIGTERM in the others; torchrun / deepspeed launcher and
+        launcher / whole job alternate; a second signal during the stop's save in trials 3-5, 9-11, ...; resumed
+        with the same launcher and compared with the reference (per-step train and dev losses, bit for bit)."""
+        want, seconds = self.reference(name)
+        want_dev = losses(self.work / f"ref-{name}", "dev/loss")
+        rows = []
+        for i in range(n):
+            sig = signal.SIGUSR1 if i % 3 == 2 else signal.SIGTERM
+            launch, target = (torchrun, deepspeed)[i % 2], ("launcher", "group")[i // 2 % 2]
+            how = self.rng.choice([dict(step=self.rng.randint(1, 11)), dict(save=self.rng.choice([3, 6, 9])),
+                                   dict(seconds=self.rng.uniform(0, seconds))][:1 if self.quick else 3])
+            out = self.work / f"{name}-signal-{i}"
+            facts = signal_at(self.train_cmd(name, out, launch=launch), self.log(f"{name}-signal-{i}"), out, sig,
+                              target, second=i // 3 % 2 == 1, **how)
+            said = [x.strip() for x in Path(self.log(f"{name}-signal-{i}")).read_text(errors="replace").splitlines()
+                    if ": stopped by " in x]
+            latest = out / "checkpoints" / "latest"
+            ckpt = int(latest.read_text().strip()[4:]) if latest.exists() else 0
+            done = _last_step(out)  # the steps trained (and logged) before the job ended
+            try:
+                corrupt = int(latest.exists() and not verify_checkpoint(out / "checkpoints"))
+            except ValueError:
+                corrupt = 1
+            finished = (out / "summary.json").exists()
+            resume = ["--resume"] if latest.exists() and not finished else []
+            rc, _, text = (0, 0, "") if finished else run(self.train_cmd(name, out, *resume, launch=launch),
+                                                           self.log(f"{name}-signal-rerun-{i}"))
+            got = losses(out) if rc == 0 else {}
+            rows.append({"signal": signal.Signals(sig).name, "launcher": launch.__name__, "target": target,
+                         "moment": how, **facts, "lines": said, "one_line": len(said) == 1, "finished": finished,
+                         "checkpoint_step": ckpt, "steps_done": done, "steps_lost": done - ckpt,
+                         "corrupt": corrupt, "resumed": bool(resume), "rerun_rc": rc,
+                         "bit_identical": got == want and losses(out, "dev/loss") == want_dev,
+                         "error": "" if rc == 0 else text.strip().splitlines()[-1][:200]})
+            rows[-1]["stopped"] = stop_kind(rows[-1])
+            print(f"  signal trial {name} {i}: {rows[-1]['signal']} {launch.__name__}/{target} {how}: "
+                  f"{rows[-1]['stopped']}, lost {rows[-1]['steps_lost']}, identical {rows[-1]['bit_identical']}",
+                  flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+        self.results["signals"][name] = {"reference_seconds": round(seconds, 1), "trials": rows}
 
     # --- planted bad inputs -------------------------------------------------------------------
     def bad(self, name, cmd, keep=(), env=None, check=lambda: True, at_start=True):
@@ -363,6 +482,7 @@ class Suite:
             tag = (corrupt / "checkpoints" / "latest").read_text().strip()
             flip_byte(corrupt / "checkpoints" / tag / "mp_rank_00_model_states.pt")
             self.bad("--resume from a corrupt checkpoint", self.pretrain(corrupt, "--resume"), keep=[corrupt])
+            self.bad_model_inputs(finished / "final", new)
             lock_dir(finished)  # this process holds the lock, as a running job would
             self.bad("second run on the same --out", self.pretrain(finished, "--resume"), keep=[finished])
         for damage in ("truncate", "sha256", "vocab_size", "token_id", "malformed"):
@@ -371,6 +491,38 @@ class Suite:
                      "sha256": "meta.json sha256 edited", "vocab_size": "meta.json vocab_size edited",
                      "token_id": "token id >= vocab_size", "malformed": "malformed meta.json"}[damage]
             self.bad(label, self.pretrain(new(f"data-{damage}"), data=d), keep=[d])
+
+    def bad_model_inputs(self, final, new):
+        """Exported model folders damaged after export, read by each command that loads one; and a corpus root
+        holding two BabyLM training sets."""
+        cli = [PY, "-m", "babylm_ds.cli"]
+        evaluate = [*cli, "eval", "--tasks", "blimp/adjunct_island", "--limit", "1", "--device", "cpu", "--model"]
+        truncated = self.copy(final, "model-truncated")
+        weights = truncated / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1000])
+        self.bad("eval: model.safetensors truncated", [*evaluate, str(truncated)], keep=[truncated])
+        self.bad("eval --no-verify: truncated weights (the library's error)", [*evaluate, str(truncated), "--no-verify"],
+                 keep=[truncated])
+        self.bad("cache_logits: teacher weights truncated", [PY, script("cache_logits.py"), "--data", str(self.data),
+                                                             "--teachers", str(truncated), "--out", str(new("ttrunc"))],
+                 keep=[truncated])
+        edited = self.copy(final, "model-manifest-edited")
+        manifest = json.loads((edited / "manifest.json").read_text())
+        manifest["model.safetensors"]["sha256"] = "0" * 64
+        (edited / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        self.bad("generate: manifest.json sha256 edited", [*cli, "generate", "--model", str(edited), "--prompt", "The",
+                                                           "--device", "cpu"], keep=[edited])
+        self.bad("distill --model: manifest.json sha256 edited",
+                 self.distill(new("smanifest"), self.work / "ref-cache", "--model", str(edited)), keep=[edited])
+        bare = self.copy(final, "model-no-manifest")
+        (bare / "manifest.json").unlink()
+        self.bad("eval: folder without manifest.json", [*evaluate, str(bare)], keep=[bare])
+        root = self.work / "planted" / "babylm_data"
+        for name in ("train_10M", "train_100M"):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / "data" / "corpus" / "switchboard" / "switchboard.txt.xz", root / name)
+        self.bad("prepare: corpus root with train_10M/ and train_100M/",
+                 [*cli, "prepare", "--corpus", str(root), "--out", str(new("two-train")), "--vocab-size", "300"])
 
     def bad_cache_inputs(self, new):
         ref_cache = self.work / "ref-cache"
@@ -383,6 +535,7 @@ class Suite:
         other = self.work / "planted" / "teacher-600"
         from babylm_ds.models import build_model
         build_model("llama-tiny", vocab_size=600, **MICRO).save_pretrained(other)
+        write_manifest(other)
         cache_cmd = [PY, script("cache_logits.py"), "--data", str(self.data), "--k", "8"]
         self.bad("teacher vocab != data vocab", [*cache_cmd, "--teachers", str(other), "--out", str(new("t600"))])
         self.bad("student vocab != data vocab", self.distill(new("s600"), ref_cache, "--model", str(other)),
@@ -391,6 +544,7 @@ class Suite:
         tok = json.loads((other_tok / "tokenizer.json").read_text())
         tok["model"]["merges"] = tok["model"]["merges"][:-1]
         (other_tok / "tokenizer.json").write_text(json.dumps(tok))
+        write_manifest(other_tok)  # a consistent folder, exported with another tokenizer
         self.bad("teacher tokenizer != data tokenizer", [*cache_cmd, "--teachers", str(other_tok), "--out",
                                                           str(new("ttok"))])
         self.bad("cache_logits --k 4 into a finished k=8 cache",
@@ -459,6 +613,22 @@ def table(results):
         msg = r["message"].replace("|", "\\|")
         lines.append(f"| {r['input']} | {r['exit']} | {r['seconds']} | {'yes' if r['one_line'] else 'NO'} | "
                      f"{'YES' if r['trained'] else 'no'} | {'YES' if r['good_files_changed'] else 'no'} | {msg} |")
+    if results["signals"]:
+        lines += ["", "| signal trials | signal | trials | signalled | stopped after a step (signalled at -> saved) | "
+                  "stopped while starting | launcher died before any rank | finished first | 2nd signal during the save | "
+                  "one line | steps lost | corrupt | orphans | resumed | identical to reference |", "|" + "---|" * 15]
+        for name, r in results["signals"].items():
+            for sig in sorted({x["signal"] for x in r["trials"]}, key=lambda s: getattr(signal, s)):
+                t = [{**x, "stopped": stop_kind(x)} for x in r["trials"] if x["signal"] == sig]
+                count = lambda key, value=True, t=t: sum(x[key] == value for x in t)  # noqa: E731
+                steps = ", ".join(f"{x['at_step']} -> {x['checkpoint_step']}" for x in t if x["stopped"] == "training")
+                lines.append(f"| {name} | {sig} | {len(t)} | {count('signalled')} | {count('stopped', 'training')}"
+                             f"{f' ({steps})' if steps else ''} | {count('stopped', 'starting')} | "
+                             f"{count('stopped', 'launcher')} | {count('stopped', 'finished')} | "
+                             f"{count('second_during_save')} | {count('one_line')}/"
+                             f"{count('stopped', 'training') + count('stopped', 'starting')} | "
+                             f"{sum(x['steps_lost'] for x in t)} | {sum(x['corrupt'] for x in t)} | "
+                             f"{sum(x['orphans'] for x in t)} | {count('resumed')} | {count('bit_identical')}/{len(t)} |")
     if results["ranks"]:
         lines += ["", "| rank 1 after step 2 | --dist-timeout s | exit | seconds to exit after the fault | whole job s | "
                   "orphans | message |", "|---|---|---|---|---|---|---|"]
@@ -469,17 +639,21 @@ def table(results):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 kill trial per launcher, cheap bad inputs only")
+    p.add_argument("--quick", action="store_true", help="1 pretrain kill and 1 signal trial, cheap bad inputs only")
     p.add_argument("--cache-trials", type=int, default=20)
     p.add_argument("--pretrain-trials", type=int, default=20)
     p.add_argument("--distill-trials", type=int, default=10)
-    p.add_argument("--parts", nargs="+", choices=("kill", "inputs", "ranks"), default=["kill", "inputs", "ranks"],
+    p.add_argument("--pretrain-signal-trials", type=int, default=10)
+    p.add_argument("--distill-signal-trials", type=int, default=6)
+    parts = ("kill", "inputs", "ranks", "signals")
+    p.add_argument("--parts", nargs="+", choices=parts, default=list(parts),
                    help="what to run (the references the planted inputs need are built without kill trials)")
     p.add_argument("--work", default=None, help="scratch dir (default: a temp dir, removed at the end)")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "faults.json"))
     args = p.parse_args(argv)
     if args.quick:
         args.cache_trials, args.pretrain_trials, args.distill_trials = 0, 1, 0
+        args.pretrain_signal_trials, args.distill_signal_trials = 1, 0
     work = Path(args.work or tempfile.mkdtemp(prefix="babylm-faults-"))
     shm = set(os.listdir("/dev/shm"))
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
@@ -487,14 +661,21 @@ def main(argv=None):
     suite, t0 = Suite(work, args.quick), time.time()
     if "kill" not in args.parts:
         args.cache_trials = args.pretrain_trials = args.distill_trials = 0
+    if "signals" not in args.parts:
+        args.pretrain_signal_trials = args.distill_signal_trials = 0
     inputs = "inputs" in args.parts
     phases = [suite.setup]
     if args.cache_trials or args.distill_trials or inputs and not args.quick:  # distill, cache inputs: its reference
         phases.append(lambda: suite.cache_trials(args.cache_trials))
+    elif args.distill_signal_trials:
+        phases.append(suite.cache_reference)
     if args.pretrain_trials or inputs:  # a finished reference run is a planted input
         phases.append(lambda: suite.train_trials("pretrain.py", args.pretrain_trials))
     if args.distill_trials:
         phases.append(lambda: suite.train_trials("distill.py", args.distill_trials))
+    phases += [lambda name=name, n=n: suite.signal_trials(name, n)
+               for name, n in (("pretrain.py", args.pretrain_signal_trials), ("distill.py", args.distill_signal_trials))
+               if n]
     phases += ([suite.bad_inputs, suite.kernel_inputs] if inputs else []) + \
         ([suite.ranks] if "ranks" in args.parts and not args.quick else [])
     res = suite.results
@@ -519,7 +700,14 @@ def main(argv=None):
         "kill_trials": sum(len(r["trials"]) for r in res["kill"].values()),
         "kill_trials_not_identical": sum(not x.get("byte_identical", x.get("bit_identical", False))
                                          for r in res["kill"].values() for x in r["trials"]),
-        "orphans": sum(x["orphans"] for r in res["kill"].values() for x in r["trials"]),
+        "orphans": sum(x["orphans"] for r in [*res["kill"].values(), *res["signals"].values()] for x in r["trials"]),
+        "signal_trials": sum(len(r["trials"]) for r in res["signals"].values()),
+        "signal_trials_not_identical": sum(not x["bit_identical"] for r in res["signals"].values() for x in r["trials"]),
+        "signal_steps_lost": sum(x["steps_lost"] for r in res["signals"].values() for x in r["trials"]),
+        "signal_corrupt": sum(x["corrupt"] for r in res["signals"].values() for x in r["trials"]),
+        "signal_without_one_line": sum(not x["one_line"] and stop_kind(x) in ("training", "starting", "unexplained")
+                                       for r in res["signals"].values() for x in r["trials"]),
+        "signal_unexplained": sum(stop_kind(x) == "unexplained" for r in res["signals"].values() for x in r["trials"]),
         "bad_inputs": len(res["bad_inputs"]), "bad_inputs_not_refused": [r["input"] for r in res["bad_inputs"]
                                                                          if not r["refused"]],
         "shm_leftovers": sorted(f for f in set(os.listdir("/dev/shm")) - shm

@@ -5,12 +5,13 @@
 
 Re-running the same command resumes: verified shards are kept, anything else is redone.
 """
-import _preamble  # noqa: F401, I001  (first: see launchers/_preamble.py)
+import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
 
 import os
 import sys
 
 from babylm_ds.config import parse
+from babylm_ds.training import preempt
 from babylm_ds.utils.cli import run_cli
 
 
@@ -33,7 +34,7 @@ def main(argv=None):
         raise ValueError("--shard-size and --batch-size must be positive")
     weights = normalise_weights(cfg.distill.teacher_weights, len(teachers))
     for path in teachers:
-        check_teacher(path, meta)
+        check_teacher(path, meta, verify=not cfg.model.no_verify)
     dataset = PackedDataset(cfg.data.dir, "train")
     config = {
         "teachers": [teacher_info(path, w) for path, w in zip(teachers, weights)],
@@ -54,9 +55,21 @@ def main(argv=None):
         return combined_logits(models, weights, input_ids)
 
     import torch.distributed as dist
+    stopped = {}
+
+    def stop(done, total):  # a stop signal on any rank ends every rank at this shard boundary
+        if signame := preempt.requested(done):
+            stopped.update(signame=signame, detail=f"at a shard boundary; {done} of {total} shards written and kept; "
+                                                   "rerun the same command to resume")
+        return bool(stopped)
+
+    preempt.arm()
     manifest = write_cache(out, dataset, config, teacher_fn, c.batch_size, rank, world, dist.barrier,
                            device, c.kl_sample, c.kl_temperature,
-                           log=lambda m: print(m, file=sys.stderr, flush=True))
+                           log=lambda m: print(m, file=sys.stderr, flush=True), stop=stop)
+    if stopped:
+        preempt.stop(stopped["signame"], stopped["detail"], rank)
+    preempt.disarm()
     if rank == 0:
         s = manifest["stats"]
         print(f"cache {out}: {config['num_sequences']} sequences x {config['seq_len']} tokens, k={c.k}, "
@@ -70,4 +83,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    preempt.install(_preamble.STOPS, _preamble.ANCESTORS)  # a stop signal saves and stops (training.preempt)
     sys.exit(run_cli(main))

@@ -7,11 +7,12 @@
 Offline targets are the cached top-k + tail; online teachers run frozen in this process (sharded under
 ZeRO-3) and allow deep supervision (--beta). The library code is babylm_ds.training.distill.
 """
-import _preamble  # noqa: F401, I001  (first: see launchers/_preamble.py)
+import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
 
 import sys
 
 from babylm_ds.config import parse
+from babylm_ds.training import preempt
 from babylm_ds.utils.cli import run_cli
 
 
@@ -24,4 +25,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    preempt.install(_preamble.STOPS, _preamble.ANCESTORS)  # a stop signal saves and stops (training.preempt)
     sys.exit(run_cli(main))

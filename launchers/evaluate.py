@@ -2,12 +2,14 @@
 
     python launchers/evaluate.py --model RUN/final [--tasks blimp,supplement,ewok] [--limit N] [--ppl-data DATA]
 """
-import _preamble  # noqa: F401, I001  (first: see launchers/_preamble.py)
+import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
 
 import sys
 
 from babylm_ds.evaluation.cli import main
+from babylm_ds.training import preempt
 from babylm_ds.utils.cli import run_cli
 
 if __name__ == "__main__":
+    preempt.uninstall(_preamble.STOPS)  # nothing to save: a stop signal ends it
     sys.exit(run_cli(main))

@@ -11,10 +11,11 @@ exercises exactly what a user runs. A stage is skipped when its output exists an
 the same command; an interrupted stage is resumed (`--resume`), a changed one is redone from scratch.
 --force redoes the selected --stages.
 """
-import _preamble  # noqa: F401, I001  (first: see launchers/_preamble.py)
+import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
 
 import sys
 
+from babylm_ds.training import preempt
 from babylm_ds.utils.cli import run_cli
 
 
@@ -30,6 +31,7 @@ def main(argv=None):
         return 0
     if "run.out" not in values:
         raise ValueError("give the output dir: --out DIR (make demo: outputs/demo)")
+    preempt.relay(_preamble.STOPS)  # SIGTERM/SIGUSR1 reach the running job's ranks; then it stops (exit 75)
     run_study(spec, values["run.out"], values.get("run.force", False), args.dry_run, values.get("run.threads"),
               show=True, phases=phases)
     return 0

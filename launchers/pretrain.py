@@ -3,11 +3,12 @@
   deepspeed --num_gpus 2 launchers/pretrain.py --model llama-360m --data DIR --ds_config ds_configs/zero2.json --out OUT
   torchrun --nproc_per_node 2 launchers/pretrain.py ...      python launchers/pretrain.py ...  (one process)
 """
-import _preamble  # noqa: F401, I001  (first: see launchers/_preamble.py)
+import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
 
 import sys
 
 from babylm_ds.config import parse
+from babylm_ds.training import preempt
 from babylm_ds.utils.cli import run_cli
 
 
@@ -20,4 +21,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    preempt.install(_preamble.STOPS, _preamble.ANCESTORS)  # a stop signal saves and stops (training.preempt)
     sys.exit(run_cli(main))

@@ -68,9 +68,10 @@ def test_every_pipeline_option_maps_to_one_field():
 
 def test_flags_of_settings_are_defined_only_in_the_tree():
     """No module adds an argparse flag for a setting of the tree by hand (the evaluation and generation tools,
-    which take a model dir and their own options, are not training settings)."""
+    which take a model dir and their own options, are not training settings; fine-tuning is one of them)."""
     flags = {f for field in FIELDS.values() for f in field.flags}
-    allowed = {"babylm_ds/config.py", "babylm_ds/evaluation/cli.py", "babylm_ds/evaluation/generate.py",
+    allowed = {"babylm_ds/config.py", "babylm_ds/evaluation/cli.py", "babylm_ds/evaluation/finetune.py",
+               "babylm_ds/evaluation/generate.py",
                "babylm_ds/evaluation/harness.py",
                "babylm_ds/models/zoo.py"}
     found = []

@@ -16,6 +16,7 @@ import torch
 from babylm_ds.cache import TeacherCache, verify
 from babylm_ds.config import Distill, parse
 from babylm_ds.training.distill import check_distill_args, distill, online_loss
+from babylm_ds.models.manifest import write_manifest
 from babylm_ds.training.dist import free_port
 from babylm_ds.utils.io import sha256_file
 from launch import HANG_S, LAUNCH_ENV, ROOT, read_metrics
@@ -57,6 +58,7 @@ def micro(tiny_data_dir, tmp_path_factory):
         with torch.no_grad():
             model.get_output_embeddings().weight.mul_(30.0)
         model.save_pretrained(root / name)
+        write_manifest(root / name)  # as an export has one: teachers are verified before they are read
         teachers.append(root / name)
     cache = root / "cache"
     log = root / "cache.log"

@@ -231,6 +231,7 @@ def test_full_disk_keeps_previous_good_files(tmp_path, monkeypatch):
     """ENOSPC from a fault-injecting writer during a cache shard, a checkpoint and an export: a clear
     OSError, and the files from before are intact (no temp files left)."""
     import babylm_ds.cache.writer as writer
+    from babylm_ds.models import manifest
     from babylm_ds.training import trainer
     build(tmp_path / "cache", k=8)
     good = tree(tmp_path / "cache")
@@ -265,44 +266,70 @@ def test_full_disk_keeps_previous_good_files(tmp_path, monkeypatch):
     model = build_model("llama-tiny", vocab_size=300, num_hidden_layers=1)
     trainer.export_hf(model, model.state_dict(), None, str(tmp_path / "final"))
     before = tree(tmp_path / "final")
-    monkeypatch.setattr(trainer, "sha256_file", _enospc)
+    monkeypatch.setattr(manifest, "sha256_file", _enospc)
     with pytest.raises(OSError, match="No space left"):
         trainer.export_hf(model, model.state_dict(), None, str(tmp_path / "final"))
     assert tree(tmp_path / "final") == before and sorted(os.listdir(tmp_path)) == ["cache", "ckpt", "final"]
 
 
+RANK = """import os, runpy, sys, time
+ns = runpy.run_path(sys.argv[1])  # launchers/_preamble.py: records who launched this rank, asks for PDEATHSIG
+from babylm_ds.training import preempt
+if sys.argv[2] == "starting":  # still 'importing' when its launcher is killed: waits for the test's go
+    print(os.getpid(), flush=True)
+    while not os.path.exists(sys.argv[3]):
+        time.sleep(0.05)
+preempt.install(ns["STOPS"], ns["ANCESTORS"])
+if sys.argv[2] == "running":
+    print(os.getpid(), flush=True)
+time.sleep(600)
+"""
+LAUNCH = """import subprocess, sys  # as torchrun / deepspeed's launch: the rank in a session of its own
+print(subprocess.Popen([sys.executable, *sys.argv[1:]], start_new_session=True).wait(), flush=True)
+"""
+RUNNER = """import subprocess, sys  # as deepspeed's single-node runner: starts `launch`, passes no signal on
+subprocess.Popen([sys.executable, *sys.argv[1:]]).wait()
+"""
+
+
 @pytest.mark.parametrize("when", ["running", "starting"])
-def test_ranks_die_with_their_launcher(tmp_path, when):
-    """A 'launcher' starts a rank in its own session (as torchrun does) and is SIGKILLed: the rank follows,
-    also when the launcher died while the rank was still importing (before it called die_with_launcher)."""
-    wait = "import time; [time.sleep(0.05) for _ in range(1200) if os.getppid() == parent]; "
-    rank = ("import os, sys, time; parent = os.getppid(); print(os.getpid(), flush=True); "
-            f"{wait if when == 'starting' else ''}"
-            "from babylm_ds.utils.cli import die_with_launcher; die_with_launcher(parent); time.sleep(600)")
-    launcher = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
-                "start_new_session=True); p.wait()")
-    env = {**os.environ, **LAUNCH_ENV, "PYTHONPATH": str(ROOT), "LOCAL_RANK": "0"}
-    proc = subprocess.Popen([sys.executable, "-c", launcher, rank], stdout=subprocess.PIPE, text=True, env=env)
-    pid = int(proc.stdout.readline())
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+@pytest.mark.parametrize("killed", ["launcher", "runner"])
+def test_ranks_stop_with_their_launchers(tmp_path, killed, when):
+    """A rank under a launcher (run as torchrun / deepspeed's `launch` do: in its own session) under DeepSpeed's
+    runner: SIGKILL to the launcher, or to the runner alone (which passes nothing on), stops the rank (exit 75),
+    also when it came while the rank was still importing, before it installed its handlers (then
+    `preempt.install` sees, from what launchers/_preamble.py recorded first thing, that a launcher is gone)."""
+    for name, code in (("rank.py", RANK), ("launch.py", LAUNCH), ("deepspeed", RUNNER)):
+        (tmp_path / name).write_text(code)
+    go = tmp_path / "go"
+    cmd = [sys.executable, str(tmp_path / "deepspeed"), str(tmp_path / "launch.py"), str(tmp_path / "rank.py"),
+           str(ROOT / "launchers" / "_preamble.py"), when, str(go)]
+    env = {**os.environ, **LAUNCH_ENV, "PYTHONPATH": str(ROOT), "LOCAL_RANK": "0", "RANK": "0"}
+    runner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    pid = int(runner.stdout.readline())
+    launch = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    os.kill(launch if killed == "launcher" else runner.pid, signal.SIGKILL)
+    if killed == "runner":
+        runner.wait()
+    go.touch()
     deadline = time.time() + 60
-    while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
-        status = open(f"/proc/{pid}/status").read() if os.path.exists(f"/proc/{pid}") else ""
-        if "State:\tZ" in status:
-            break
+    while os.path.exists(f"/proc/{pid}") and "State:\tZ" not in open(f"/proc/{pid}/status").read():
+        if time.time() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"rank {pid} outlived its {killed}")
         time.sleep(0.1)
-    alive = os.path.exists(f"/proc/{pid}") and "State:\tZ" not in open(f"/proc/{pid}/status").read()
-    if alive:
-        os.kill(pid, signal.SIGKILL)
-    assert not alive
+    if killed == "runner":  # `launch` lived on and reports the rank's exit
+        assert runner.stdout.read().split() == ["75"]
+    else:
+        runner.wait()
 
 
 @pytest.mark.slow
 def test_faults_benchmark_quick(tmp_path):
     """`benchmarks/faults.py --quick`: a kill -9 of pretrain.py aimed at a checkpoint save resumes
-    bit-identically with no orphaned rank, the planted bad inputs are refused with one line before
-    training, /dev/shm stays clean."""
+    bit-identically with no orphaned rank; a SIGTERM to torchrun at a random step loses no step, leaves a
+    sound checkpoint, says so in one line and resumes bit-identically; the planted bad inputs are refused
+    with one line before training, /dev/shm stays clean."""
     out = tmp_path / "faults.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--quick", "--json", str(out)],
                           capture_output=True, text=True, env={**os.environ, **LAUNCH_ENV}, cwd=ROOT, timeout=HANG_S)
@@ -312,3 +339,7 @@ def test_faults_benchmark_quick(tmp_path):
     assert "save" in trial["kill"]  # aimed at a save: landed inside it in 7 of 11 full-run trials
     assert s["kill_trials"] >= 1 and s["kill_trials_not_identical"] == 0 and s["orphans"] == 0
     assert s["bad_inputs"] >= 10 and s["bad_inputs_not_refused"] == [] and s["shm_leftovers"] == []
+    [signalled] = res["signals"]["pretrain.py"]["trials"]
+    assert signalled["signal"] == "SIGTERM" and signalled["stopped"] in ("training", "finished")
+    assert s["signal_trials"] == 1 and s["signal_steps_lost"] == 0 and s["signal_corrupt"] == 0
+    assert s["signal_trials_not_identical"] == 0 and s["signal_without_one_line"] == 0

@@ -3,6 +3,7 @@ the exported classifier in a process without babylm_ds), the embedded data and t
 import json
 import lzma
 import os
+import shutil
 import textwrap
 
 import pytest
@@ -208,3 +209,21 @@ def test_task_table_follows_the_babylm_pipeline():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "eval", "glue_filtered")
     with lzma.open(os.path.join(path, "rte.valid.jsonl.xz"), "rt") as f:
         assert list(json.loads(f.readline())) == ["sentence1", "sentence2", "label", "idx"]
+
+
+def test_model_folder_is_verified_unless_no_verify(lm_dir, tmp_path, capsys):
+    """finetune checks the folder against its manifest.json before loading (one line naming the file);
+    --no-verify skips the check and fine-tunes it."""
+    bad = tmp_path / "edited" / "final"
+    shutil.copytree(lm_dir, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["model.safetensors"]["sha256"] = "0" * 64
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    argv = ["finetune", "--model", str(bad), "--tasks", "rte", "--max-train", "8", "--epochs", "1", "--batch-size", "8",
+            "--seq-len", "32", "--out", str(tmp_path / "ft"), "--threads", "1"]
+    assert babylm_cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"babylm-ds finetune: error: {bad}/model.safetensors does not match its sha256 in manifest.json "
+                   "(corrupted, or manifest.json was edited); copy the folder again or re-export it"]
+    assert not (tmp_path / "ft.json").exists()
+    assert babylm_cli.main([*argv, "--no-verify"]) == 0 and (tmp_path / "ft.json").exists()

@@ -5,13 +5,17 @@ import os
 
 import torch
 
+from babylm_ds.models.manifest import loading, verify_model_dir
 from babylm_ds.utils.io import read_json, sha256_file
 
 
-def check_teacher(path, meta):
-    """ValueError unless `path` is an HF model dir with the data's vocabulary and, when it carries a
-    tokenizer (an exported run's final/ does), the data's tokenizer (`meta`: the data's meta.json)."""
+def check_teacher(path, meta, verify=True):
+    """ValueError unless `path` is an HF model dir whose files match its manifest.json (unless not `verify`:
+    --no-verify), with the data's vocabulary and, when it carries a tokenizer (an exported run's final/
+    does), the data's tokenizer (`meta`: the data's meta.json)."""
     from babylm_ds.data import tokenizer_hash
+    if os.path.isfile(os.path.join(path, "config.json")):
+        verify_model_dir(path, verify)
     config = read_json(os.path.join(path, "config.json"),
                        f"teacher {path}: expected an HF model dir, e.g. a run's OUT/final")
     if config.get("vocab_size") != meta["vocab_size"]:
@@ -19,7 +23,9 @@ def check_teacher(path, meta):
                          "it was trained with another tokenizer; pretrain it on this data dir")
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         from transformers import PreTrainedTokenizerFast
-        if tokenizer_hash(PreTrainedTokenizerFast.from_pretrained(path)) != meta["tokenizer_hash"]:
+        with loading(path):
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        if tokenizer_hash(tokenizer) != meta["tokenizer_hash"]:
             raise ValueError(f"teacher {path}: its tokenizer differs from the data's (tokenizer_hash); "
                              "pretrain it on this data dir")
 
@@ -41,7 +47,8 @@ def load_teacher(path, device="cpu", dtype=torch.float32):
     """An HF causal LM in eval mode with requires_grad False (no optimizer state is ever made for it)."""
     import babylm_ds.models  # noqa: F401  registers BabyHGRN with the Auto classes
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    with loading(path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     model.requires_grad_(False)
     return model
 

@@ -130,8 +130,12 @@ def sample_stats(cache, dataset, teacher_fn, num_sequences, temperature, batch_s
 
 
 def write_cache(out_dir, dataset, config, teacher_fn, batch_size=8, rank=0, world_size=1, barrier=lambda: None,
-                device="cpu", kl_sample=16, kl_temperature=2.0, log=print):
-    """Write (or resume) the cache for `dataset` under `out_dir`; rank 0 returns the manifest."""
+                device="cpu", kl_sample=16, kl_temperature=2.0, log=print, stop=None):
+    """Write (or resume) the cache for `dataset` under `out_dir`; rank 0 returns the manifest.
+
+    Shards go round-robin to ranks, one round at a time. `stop(done, total)`, if given, is called on every rank
+    after each round with the number of shards finished so far (a collective: all ranks must get the same
+    answer); when it returns true, every rank returns None at once (the finished shards are kept, no manifest)."""
     os.makedirs(os.path.join(out_dir, SHARD_DIR), exist_ok=True)
     csha, size = config_sha(config), record_dtype(config).itemsize
     ranges = shard_ranges(config["num_sequences"], config["shard_size"])
@@ -139,13 +143,18 @@ def write_cache(out_dir, dataset, config, teacher_fn, batch_size=8, rank=0, worl
     mine = ranges[rank::world_size]
     bar = tqdm(total=sum(end - start for start, end in mine), unit="seq", desc="teacher logits (rank 0)",
                disable=rank != 0, dynamic_ncols=True)
-    for start, end in mine:
-        if _shard_done(out_dir, start, end, csha, (end - start) * size):
-            done += 1
-        else:
-            write_shard(out_dir, dataset, start, end, teacher_fn, config, batch_size, device)
-            redone += 1
-        bar.update(end - start)
+    for i in range(-(-len(ranges) // world_size)):
+        if i < len(mine):
+            start, end = mine[i]
+            if _shard_done(out_dir, start, end, csha, (end - start) * size):
+                done += 1
+            else:
+                write_shard(out_dir, dataset, start, end, teacher_fn, config, batch_size, device)
+                redone += 1
+            bar.update(end - start)
+        if stop is not None and stop(min(len(ranges), (i + 1) * world_size), len(ranges)):
+            bar.close()
+            return None
     bar.close()
     log(f"[rank {rank}] cache shards: {done} verified and kept, {redone} written")
     barrier()

@@ -12,6 +12,7 @@ EMBEDDED_CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus"
 SOURCES = ("gutenberg", "childes", "switchboard")
 TEXT_SUFFIXES = (".txt", ".train")  # never .dev/.test: a BabyLM data root holds those too
 SKIP_PREFIXES = ("license", "legal", "readme")
+TRAIN_SET_PREFIX = "train_"  # BabyLM's training-set folders: train_10M, train_100M (strict-small, strict)
 MAX_CONTROL_FRACTION = 0.01
 _CONTROL = re.compile(r"[\x01-\x08\x0b\x0e-\x1f\x7f]")
 
@@ -49,6 +50,11 @@ def list_files(corpus):
     if not files:
         suffixes = "|".join("*" + s for s in TEXT_SUFFIXES)
         raise ValueError(f"corpus directory {corpus} has no text files ({suffixes}, optionally .xz/.gz)")
+    sets = sorted({str(d.relative_to(corpus)) for f in files for d in f.parents
+                   if d.name.startswith(TRAIN_SET_PREFIX) and corpus in d.parents})
+    if len(sets) > 1:  # a BabyLM download holds train_10M/ and train_100M/: reading both would merge them
+        raise ValueError(f"corpus directory {corpus} holds several training sets ({', '.join(sets)}); "
+                         f"pass one of them, e.g. --corpus {corpus / sets[0]}")
     return files
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 from babylm_ds.models.card import card_dir, update_scores
+from babylm_ds.models.manifest import add_verify_arg
 from babylm_ds.utils.cli import run_cli
 from babylm_ds.utils.io import sha256_file
 
@@ -21,6 +22,7 @@ from .zeroshot import accuracies, item_decisions
 def build_parser():
     p = argparse.ArgumentParser(prog="babylm-ds eval", description=__doc__)
     p.add_argument("--model", required=True, help="HF model dir, training output dir, or DeepSpeed checkpoint dir")
+    add_verify_arg(p)
     p.add_argument("--tasks", default=",".join(BENCHMARKS),
                    help="comma list of blimp, supplement, ewok or BENCH/PARADIGM (ewok adds ewok_swap), bear, bear_lite")
     p.add_argument("--limit", type=int, default=None,
@@ -68,7 +70,7 @@ def run(args):
     t0 = time.time()
     device = resolve_device(args.device)
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results (deepspeed logs there)
-        model, tokenizer = load_model(args.model, device=device)
+        model, tokenizer = load_model(args.model, device=device, verify=not args.no_verify)
     if args.harness:
         from .harness import evaluate_harness
 

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from babylm_ds.models.card import card_dir, update_finetune
+from babylm_ds.models.manifest import add_verify_arg
 from babylm_ds.utils.cli import run_cli
 from babylm_ds.utils.io import atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -34,6 +35,7 @@ def build_parser():
     p = argparse.ArgumentParser(prog="babylm-ds finetune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported HF model dir (or a training output dir with final/)")
+    add_verify_arg(p)
     p.add_argument("--tasks", default="rte,wsc", help=f"comma list of {', '.join(TASKS)}")
     p.add_argument("--data-dir", default=None,
                    help="eval data with glue_filtered/ (default: the embedded data/eval, rte and wsc; BabyLM's "
@@ -103,7 +105,7 @@ def finetune_task(model_path, task, data, args, device):
     spec, t0 = TASKS[task], time.time()
     epochs, batch_size = args.epochs or spec.epochs, args.batch_size or spec.batch_size
     torch.manual_seed(args.seed)  # the head's initialisation
-    model, tokenizer = load_classifier(model_path, spec.num_labels, device)
+    model, tokenizer = load_classifier(model_path, spec.num_labels, device, verify=not args.no_verify)
     if (pad_id := tokenizer.pad_token_id) is None:
         raise ValueError(f"{model_path}: its tokenizer has no pad token (babylm-ds tokenizers have <pad> = 0)")
     model.config.pad_token_id = pad_id

@@ -5,6 +5,8 @@ import sys
 
 import torch
 
+from babylm_ds.models.manifest import add_verify_arg
+
 from .load import load_model, resolve_device
 from .zeroshot import bos_id
 
@@ -31,6 +33,7 @@ def generate(model, tokenizer, prompt, max_new_tokens=40, greedy=False, temperat
 def build_parser():
     p = argparse.ArgumentParser(prog="babylm-ds generate", description=__doc__)
     p.add_argument("--model", required=True, help="HF model dir, training output dir, or DeepSpeed checkpoint dir")
+    add_verify_arg(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")
@@ -49,7 +52,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.disable_progress_bar()
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results (deepspeed logs there)
-        model, tokenizer = load_model(args.model, device=resolve_device(args.device))
+        model, tokenizer = load_model(args.model, device=resolve_device(args.device), verify=not args.no_verify)
     texts = generate(model, tokenizer, args.prompt, args.max_new_tokens, args.greedy, args.temperature, args.top_k,
                      args.top_p, args.num_samples, args.seed)
     for text in texts:

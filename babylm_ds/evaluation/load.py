@@ -3,6 +3,10 @@ import os
 
 import torch
 
+from babylm_ds.models.manifest import loading, verify_model_dir
+
+CHECKSUMS = "checksums.json"  # a sealed checkpoint's listing (training.guard)
+
 
 def _has(d, name):
     return os.path.isfile(os.path.join(d, name))
@@ -52,14 +56,16 @@ def _empty_model(ckpt_dir):
     return model, os.path.join(cfg.data.dir, "tokenizer")
 
 
-def load_model(path, device="cpu", dtype=None):
-    """(model, tokenizer) in eval mode from `path`:
+def load_model(path, device="cpu", dtype=None, verify=True):
+    """(model, tokenizer) in eval mode from `path`, its files verified first (`verify=False`: --no-verify):
 
     - an HF dir (config.json + weights + tokenizer files), e.g. a trainer's `OUT/final/`;
     - a training output dir `OUT` (uses `OUT/final/`, else its newest DeepSpeed checkpoint);
     - a DeepSpeed checkpoint dir (`OUT/checkpoints`, with `latest`) or a tag dir in it: ZeRO shards are
       merged with deepspeed's zero_to_fp32; the architecture comes from the nearest config.json up
       the tree, else from the run's `config.yaml` (model preset + overrides, tokenizer of its --data).
+    Verified: an HF dir against its manifest.json, a checkpoint against its checksums.json (models.manifest);
+    any error of the libraries while loading is one line (a ValueError).
     """
     import babylm_ds.models  # noqa: F401  (registers BabyHGRN with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,17 +75,22 @@ def load_model(path, device="cpu", dtype=None):
         raise FileNotFoundError(f"model path {path} does not exist")
     hf_dir = path if _has(path, "config.json") else os.path.join(path, "final")
     if _has(hf_dir, "config.json"):
-        model = AutoModelForCausalLM.from_pretrained(hf_dir)
+        verify_model_dir(hf_dir, verify)
+        with loading(hf_dir):
+            model = AutoModelForCausalLM.from_pretrained(hf_dir)
         tok_dir = _find_up(hf_dir, "tokenizer_config.json")
     else:
         found = _deepspeed_ckpt(path)
-        model, tok_dir = _empty_model(found[0]) if found else (None, None)
+        with loading(path):
+            model, tok_dir = _empty_model(found[0]) if found else (None, None)
         if model is None:
             raise ValueError(f"{path} is neither an HF model dir (config.json) nor a DeepSpeed checkpoint "
                              "(a dir with `latest`, or a tag dir with *model_states.pt) of a run with config.json or config.yaml")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(found[0], tag=found[1])
+        verify_model_dir(os.path.join(*found), verify, CHECKSUMS)
+        with loading(path):
+            state = get_fp32_state_dict_from_zero_checkpoint(found[0], tag=found[1])
         missing, unexpected = model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=False)
         if getattr(model.config, "tie_word_embeddings", False):
             missing = [k for k in missing if k != "lm_head.weight"]
@@ -90,12 +101,13 @@ def load_model(path, device="cpu", dtype=None):
     if tok_dir is None:
         raise ValueError(f"no tokenizer (tokenizer_config.json) found with {path}")
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-    return model.eval(), AutoTokenizer.from_pretrained(tok_dir)
+    with loading(tok_dir):
+        return model.eval(), AutoTokenizer.from_pretrained(tok_dir)
 
 
-def load_classifier(path, num_labels, device="cpu"):
+def load_classifier(path, num_labels, device="cpu", verify=True):
     """(model, tokenizer) to fine-tune: the HF model dir `path` (or `path/final`) in fp32 with a new
-    `num_labels`-way head (`AutoModelForSequenceClassification`)."""
+    `num_labels`-way head (`AutoModelForSequenceClassification`); verified and loaded as by `load_model`."""
     import babylm_ds.models  # noqa: F401  (registers the project's families)
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
@@ -108,17 +120,22 @@ def load_classifier(path, num_labels, device="cpu"):
     tok_dir = _find_up(hf_dir, "tokenizer_config.json")
     if tok_dir is None:
         raise ValueError(f"no tokenizer (tokenizer_config.json) found with {path}")
-    config = AutoConfig.from_pretrained(hf_dir)
+    verify_model_dir(hf_dir, verify)
+    with loading(hf_dir):
+        config = AutoConfig.from_pretrained(hf_dir)
     if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
         raise ValueError(f"{hf_dir}: transformers has no sequence-classification class for model_type "
                          f"{config.model_type!r} (Mamba has none); fine-tune a BabyHGRN, BabyLSTM, Llama or GPT-2 model")
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the new head's "newly initialized" report
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(hf_dir, num_labels=num_labels, dtype=torch.float32)
+        with loading(hf_dir):
+            model = AutoModelForSequenceClassification.from_pretrained(hf_dir, num_labels=num_labels,
+                                                                       dtype=torch.float32)
     finally:
         logging.set_verbosity(verbosity)
-    return model.to(device), AutoTokenizer.from_pretrained(tok_dir)
+    with loading(tok_dir):
+        return model.to(device), AutoTokenizer.from_pretrained(tok_dir)
 
 
 def model_name(path):

@@ -13,6 +13,7 @@ from transformers import (
 
 from babylm_ds.models.babyhgrn import BabyHGRNConfig, BabyHGRNForCausalLM
 from babylm_ds.models.lstm import BabyLSTMConfig, BabyLSTMForCausalLM
+from babylm_ds.models.manifest import loading, verify_model_dir
 
 FAMILIES = {
     "llama": (LlamaConfig, LlamaForCausalLM),
@@ -98,14 +99,17 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_model_arg(name, vocab_size, overrides):
-    """ValueError unless --model names a preset or an HF dir whose vocabulary is the data's `vocab_size`,
-    and the --model-config overrides leave the vocabulary alone (it comes from the data)."""
+def check_model_arg(name, vocab_size, overrides, verify=False):
+    """ValueError unless --model names a preset or an HF dir whose vocabulary is the data's `vocab_size`
+    (and, with `verify`, whose files match its manifest.json), and the --model-config overrides leave the
+    vocabulary alone (it comes from the data)."""
     if "vocab_size" in overrides:
         raise ValueError(f"--model-config vocab_size={overrides['vocab_size']}: the vocabulary size comes from the "
                          f"data's tokenizer ({vocab_size}); drop it")
     if os.path.isdir(name):
-        config = AutoConfig.from_pretrained(name)
+        verify_model_dir(name, verify)
+        with loading(name):
+            config = AutoConfig.from_pretrained(name)
         if config.vocab_size != vocab_size:
             raise ValueError(f"--model {name} has vocab_size {config.vocab_size}, the data {vocab_size}: it was "
                              "trained with another tokenizer")
@@ -117,7 +121,8 @@ def model_from_arg(name, vocab_size, overrides):
     """The model a launcher's --model names: a saved HF directory, or a preset built for `vocab_size`."""
     check_model_arg(name, vocab_size, overrides)
     if os.path.isdir(name):
-        return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **overrides)
+        with loading(name):
+            return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **overrides)
     return build_model(name, vocab_size=vocab_size, **overrides)
 
 

@@ -19,6 +19,9 @@ def main(argv=None):
 
         sys.stdout.write(yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=120))
         return 0
+    from babylm_ds.training import preempt
+
+    preempt.relay()  # SIGTERM/SIGUSR1 reach the running job's ranks; then the study stops (exit 75)
     run_study(spec, values["run.out"] or os.path.join("runs", f"study-{spec['name']}"), values["run.force"],
               args.dry_run, values["run.threads"])
     return 0

@@ -1,8 +1,8 @@
 """What runs around the optimizer steps of `Trainer.train`, as small named callbacks.
 
 `Trainer.train` calls each hook of every callback, in list order: `on_train_start`, then per step
-`on_step_start` and `on_step_end`, `on_epoch_end` at each epoch end, `on_train_end` once the loop is
-over. The callbacks share the loop's `TrainState`; one that sets `state.stop` (e.g. "stop requested")
+`on_step_start` and `on_step_end`, `on_epoch_end` at each epoch end (and first of all when resumed at one:
+its checkpoint came before the evaluation), `on_train_end` once the loop is over. The callbacks share the loop's `TrainState`; one that sets `state.stop` (e.g. `StopOnSignal`)
 ends the loop after this step: `on_train_end` still runs (a checkpoint is saved) and the run is not
 exported. `default_callbacks(cfg)` is the list a launcher runs; append to it for more.
 """
@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from babylm_ds.training import preempt
 from babylm_ds.utils.cli import EchoedError
 
 # Fault injection for the fault suite (benchmarks/faults.py) and tests: "rank:step" makes that rank die
@@ -163,9 +164,33 @@ class Checkpoint(Callback):
         self._save(t, s)
 
 
+class StopOnSignal(Callback):
+    """A stop signal (SIGTERM, SIGUSR1: `training.preempt`) on any rank ends the run at the end of this step on
+    every rank: checkpointed (by `Checkpoint`, which must come before this callback), then the process exits
+    with `preempt.EXIT_STOPPED` and one line. `preempt.requested` is a collective: every rank calls it each step."""
+
+    def on_train_start(self, t, s):
+        preempt.arm()
+
+    def on_step_end(self, t, s):
+        if signame := preempt.requested(s.step):
+            s.stop = signame
+
+    def on_train_end(self, t, s):
+        preempt.disarm()  # the run is finishing (final save, export): signals are ignored from here
+        if s.stop not in preempt.SIGNAL_NAMES:
+            return
+        saved = (f"checkpoint step{s.step} saved in {t.ckpt_dir}; rerun with --resume" if s.last_save == s.step
+                 else "no checkpoint saved")
+        if t.tb is not None:
+            t.tb.close()
+        preempt.stop(s.stop, f"at step {s.step}; {saved}", t.rank)
+
+
 def default_callbacks(cfg):
     """The callbacks of a training run of Config `cfg`, in the order they run."""
     e = cfg.evaluation
     callbacks = [FaultInjection.from_env(), DivergenceGuard(), LogTrain(cfg.run.log_every), DevLoss(e.eval_every),
-                 ZeroShot(e.epoch_tasks, e.epoch_limit) if e.epoch_tasks else None, Checkpoint(cfg.run.save_every)]
+                 ZeroShot(e.epoch_tasks, e.epoch_limit) if e.epoch_tasks else None, Checkpoint(cfg.run.save_every),
+                 StopOnSignal()]
     return [c for c in callbacks if c is not None]

@@ -145,10 +145,10 @@ def distill(cfg):
 
     check_train_args(cfg)
     d, meta = cfg.distill, load_meta(cfg.data.dir)
-    check_model_arg(cfg.model.name, meta["vocab_size"], cfg.model.config)
+    check_model_arg(cfg.model.name, meta["vocab_size"], cfg.model.config, verify=not cfg.model.no_verify)
     cache = open_cache(d.teacher_cache, meta) if d.teacher_cache else None
     for path in d.teachers or ():
-        check_teacher(path, meta)
+        check_teacher(path, meta, verify=not cfg.model.no_verify)
     rank, world = init_distributed(cfg.run.dist_timeout)
     meta, tag = start_run(cfg, rank, world)
     if cache is not None:

@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 
-from babylm_ds.utils.io import atomic_write_json, sha256_file
+from babylm_ds.models.manifest import verify_model_dir
+from babylm_ds.training import preempt
+from babylm_ds.utils.io import atomic_write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What a job prints that the terminal does not show (all of it stays in its log): DeepSpeed's INFO/WARNING
@@ -27,6 +29,12 @@ NOISE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING|DEBUG)\] |Unabl
 
 class JobError(ValueError):
     """A job failed or its output does not verify (one line, for the user)."""
+
+
+class JobStopped(JobError):
+    """A stop signal (SIGTERM, SIGUSR1) was passed on to the job, which saved and stopped (preempt.relay): the
+    command says so in one line and exits preempt.EXIT_STOPPED (`utils.cli.run_cli`); rerunning it resumes."""
+    exit_status = preempt.EXIT_STOPPED
 
 
 def job_env(threads, device=None):
@@ -81,7 +89,11 @@ def relay(pipe, log, out):
 
 def run_cmd(cmd, env, log, show=False):
     """Run `cmd` with its whole output appended to the file `log`; with `show`, the terminal gets it too,
-    without NOISE. JobError on failure: the job's last `PROG: error: …` line, the log, the command."""
+    without NOISE. JobError on failure: the job's last `PROG: error: …` line, the log, the command. JobStopped
+    when a stop signal came (preempt.relay): passed on to the job, or before it started (then it is not run)."""
+    if signame := preempt.received():
+        raise JobStopped(f"stopped by {signame} before the job of {os.path.basename(log)} started; "
+                         "rerun the same command to resume")
     os.makedirs(os.path.dirname(log), exist_ok=True)
     shown = os.path.relpath(log) if not os.path.relpath(log).startswith("..") else log
     print("$ " + " ".join(cmd) + f"\n  (full log: {shown})", flush=True)
@@ -90,24 +102,25 @@ def run_cmd(cmd, env, log, show=False):
         f.flush()
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE if show else f,
                                 stderr=subprocess.STDOUT)
-        if show:
-            relay(proc.stdout, f, sys.stdout)
-        rc = proc.wait()
+        with preempt.job(proc):  # a stop signal reaches its ranks; then every process of it is waited for
+            if show:
+                relay(proc.stdout, f, sys.stdout)
+            rc = proc.wait()
     if rc != 0:
         with open(log, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16)))
-            said = [x.strip() for x in f.read().decode(errors="replace").splitlines() if ": error: " in x]
+            lines = [x.strip() for x in f.read().decode(errors="replace").splitlines()]
+        if signame := preempt.received():
+            said = [x for x in lines if ": stopped by " in x]
+            raise JobStopped(f"stopped by {signame} ({said[-1] if said else f'exit {rc}'}; see {log}); "
+                             "rerun the same command to resume")
+        said = [x for x in lines if ": error: " in x]
         raise JobError(f"{said[-1] + ' — ' if said else ''}command failed (exit {rc}; see {log}): {' '.join(cmd)}")
 
 
 def verify_run(run_dir, steps):
     """A training run is done when final/ matches its manifest and summary.json has the wanted steps."""
-    final = os.path.join(run_dir, "final")
-    with open(os.path.join(final, "manifest.json")) as f:
-        manifest = json.load(f)
-    for name, digest in manifest.items():
-        if sha256_file(os.path.join(final, name)) != digest:
-            raise ValueError(f"{final}/{name} does not match manifest.json")
+    verify_model_dir(os.path.join(run_dir, "final"))
     with open(os.path.join(run_dir, "summary.json")) as f:
         summary = json.load(f)
     if summary["steps"] != steps:

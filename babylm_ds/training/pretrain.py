@@ -12,7 +12,8 @@ def pretrain(cfg, callbacks=None):
     """Train Config `cfg`'s model from scratch (or from its HF dir) on its data; returns the summary.
     `callbacks`: the Trainer's (default `callbacks.default_callbacks(cfg)`)."""
     check_train_args(cfg)
-    check_model_arg(cfg.model.name, load_meta(cfg.data.dir)["vocab_size"], cfg.model.config)
+    check_model_arg(cfg.model.name, load_meta(cfg.data.dir)["vocab_size"], cfg.model.config,
+                    verify=not cfg.model.no_verify)
     rank, world = init_distributed(cfg.run.dist_timeout)
     meta, tag = start_run(cfg, rank, world)
     tokenizer = load_tokenizer(cfg.data.dir)

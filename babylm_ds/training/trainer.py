@@ -16,14 +16,16 @@ from tqdm import tqdm
 
 from babylm_ds.config import dump, updated
 from babylm_ds.models.card import architecture, facts, launch_command, write_card
+from babylm_ds.models.manifest import write_manifest
 from babylm_ds.models.remote_code import save_tokenizer, write_remote_code
+from babylm_ds.training import preempt
 from babylm_ds.training.callbacks import TrainState, default_callbacks
 from babylm_ds.training.config import build_ds_config, resolve
 from babylm_ds.training.dist import Watchdog, gather_state_dict, init_distributed
 from babylm_ds.training.guard import resume_dir, seal_checkpoint
 from babylm_ds.training.sampler import ResumableSampler
 from babylm_ds.training.schedule import build_scheduler
-from babylm_ds.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
+from babylm_ds.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 
 
 def collate(items):
@@ -48,8 +50,9 @@ def fresh_copy(module, state_dict):
 def export_hf(module, state_dict, tokenizer, out_dir, card=None):
     """Write `out_dir` atomically as a self-contained HF model dir: safetensors + config + tokenizer (adding
     BOS by default, loading in transformers 4.x too, see `save_tokenizer`), the generated modeling code of
-    the project's own model families (`auto_map`, for trust_remote_code), manifest.json with sha256 of
-    every file, and the model card (README.md) from `card`'s facts."""
+    the project's own model families (`auto_map`, for trust_remote_code), manifest.json with the size and
+    sha256 of every file (`models.manifest`, checked before any command reads the dir), and the model card
+    (README.md) from `card`'s facts."""
     tmp = f"{out_dir}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -58,8 +61,7 @@ def export_hf(module, state_dict, tokenizer, out_dir, card=None):
         write_remote_code(model, tmp)
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp)
-        files = sorted(f for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f)))
-        atomic_write_json(os.path.join(tmp, "manifest.json"), {f: sha256_file(os.path.join(tmp, f)) for f in files})
+        write_manifest(tmp)
         if card is not None:
             write_card(tmp, {**card, "architecture": architecture(model)})
     except OSError:  # e.g. a full disk: the previous out_dir stays as it was
@@ -112,9 +114,12 @@ class Trainer:
     def train(self, resume_tag=None):
         """Run to the configured steps (from checkpoint `resume_tag` of --resume's dir), export OUT/final and
         end the process group; returns a summary dict (also written to OUT/summary.json). A callback may
-        stop the run early (`state.stop`): it is then checkpointed, not exported."""
+        stop the run early (`state.stop`): it is then checkpointed, not exported. A run resumed at an epoch's
+        last step first runs that epoch end (its checkpoint was saved before the epoch-end evaluation)."""
         s = self.start(resume_tag)
         self.emit("on_train_start", s)
+        if resume_tag and self.at_epoch_end(s.step):
+            self.emit("on_epoch_end", s)
         with tqdm(total=self.total_steps, initial=s.step, disable=self.rank != 0, dynamic_ncols=True) as self.bar:
             while s.step < self.total_steps and s.stop is None:
                 loader = self.loader(s.step)  # the rest of this epoch
@@ -124,7 +129,7 @@ class Trainer:
                     self.emit("on_step_end", s)
                     if s.stop is not None:
                         break
-                if s.step % self.steps_per_epoch == 0 and s.stop is None:
+                if self.at_epoch_end(s.step) and s.stop is None:
                     self.emit("on_epoch_end", s)
         self.emit("on_train_end", s)
         return self.finish(s)
@@ -181,7 +186,9 @@ class Trainer:
         kept = []
         if start_step and os.path.exists(self.metrics_path):
             with open(self.metrics_path) as f:
-                kept = [line for line in f if json.loads(line)["step"] <= start_step]
+                redo = self.at_epoch_end(start_step)  # its epoch end's rows (dev/, zeroshot/) are written again
+                kept = [line for line in f if (r := json.loads(line))["step"] < start_step
+                        or r["step"] == start_step and not (redo and "train/loss" not in r)]
         with atomic_path(self.metrics_path) as tmp, open(tmp, "w") as f:
             f.writelines(kept)
         self.tb = SummaryWriter(os.path.join(out, "tb"), purge_step=start_step + 1 if start_step else None)
@@ -202,7 +209,11 @@ class Trainer:
         epoch, offset = divmod(step, self.steps_per_epoch)
         self.sampler.set_position(epoch, offset * self.accum * self.micro)
         return iter(DataLoader(self.train_ds, batch_size=self.micro, sampler=self.sampler, collate_fn=collate,
-                               drop_last=True, num_workers=self.cfg.run.num_workers))
+                               drop_last=True, num_workers=self.cfg.run.num_workers,
+                               worker_init_fn=preempt.ignore_in_worker))
+
+    def at_epoch_end(self, step):
+        return step > 0 and step % self.steps_per_epoch == 0
 
     def step(self, s, loader):
         """One optimizer step over `accum` micro-batches of `loader`; updates `s`."""

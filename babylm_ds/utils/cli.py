@@ -1,6 +1,7 @@
 """How every command line fails: an anticipated error (bad input, refused overwrite, full disk, a diverged
-run: ValueError or OSError) is one line on stderr and exit status 1; `--debug` anywhere on the command
-line (or BABYLM_DS_DEBUG=1) shows its traceback instead. Other exceptions are bugs and keep theirs."""
+run: ValueError or OSError) is one line on stderr and exit status 1 (or the error's `exit_status`, then
+without "error:": e.g. a job stopped by a signal, 75); `--debug` anywhere on the command line (or
+BABYLM_DS_DEBUG=1) shows its traceback instead. Other exceptions are bugs and keep theirs."""
 import ctypes
 import os
 import signal
@@ -14,18 +15,15 @@ class EchoedError(ValueError):
     1 without printing it again, so a multi-rank job says it once."""
 
 
-def die_with_launcher(parent=None):
-    """Under a launcher (torchrun, deepspeed: LOCAL_RANK is set) ask the kernel for SIGKILL when the
+def die_with_launcher():
+    """Under a launcher (torchrun, deepspeed: LOCAL_RANK is set) ask the kernel for SIGTERM when the
     launcher dies (prctl PR_SET_PDEATHSIG): ranks run in their own session, so killing the launcher's
-    process group would otherwise leave them training. `parent`: the launcher's pid, as `os.getppid()`
-    gave it at the script's first line (default: now); if it has died since, exit at once. Launchers
-    call it before their slow imports."""
+    process group would otherwise leave them training. SIGTERM, not SIGKILL: a training rank then saves
+    and stops (training.preempt), any other process dies. A launcher that died before this call (while
+    the rank imported) is noticed by `training.preempt.install`, from what launchers/_preamble.py recorded."""
     if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
         return
-    parent = os.getppid() if parent is None else parent
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the launcher died before prctl took effect
-        os._exit(1)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def one_line(error):
@@ -42,9 +40,11 @@ def run_cli(main, argv=None, prog=None):
     except ANTICIPATED as e:
         if debug:
             raise
+        status = getattr(e, "exit_status", None)
         if not isinstance(e, EchoedError):
-            print(f"{prog or os.path.basename(sys.argv[0])}: error: {one_line(e)}", file=sys.stderr, flush=True)
+            print(f"{prog or os.path.basename(sys.argv[0])}: {'error: ' if status is None else ''}{one_line(e)}",
+                  file=sys.stderr, flush=True)
         dist = sys.modules.get("torch.distributed")
         if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()  # an implicit teardown at exit can abort (SIGABRT)
-        return 1
+        return status or 1
