@@ -131,3 +131,12 @@ def test_demo_flags_set_the_demo_spec():
     assert all(a["lrs"] == [0.01] for a in archs.values()) and spec["seeds"] == [2]
     assert spec["students"]["student-kd"]["teachers"] == ["teacher-llama-tiny", "teacher-gpt2-tiny"]
     assert spec["students"]["student-kd"]["k"] == 8 and spec["evaluation"]["final_limit"] is None
+    # BEAR and fine-tuning: on in the demo (fine-tuning its students only), switched by flags
+    ft = base["evaluation"]["finetune"]
+    assert "bear_lite" in base["evaluation"]["tasks"].split(",") and base["evaluation"]["bear_limit"] >= 1
+    assert ft["tasks"] == "rte,wsc" and ft["models"] == ["student", "student-kd"] and ft["max_train"] >= 1
+    values = demo.parse_args(["--finetune-tasks", "none", "--bear-limit", "2", "--eval-tasks", "blimp"])[0]
+    spec = demo.demo_spec(values)
+    assert spec["evaluation"]["finetune"] is None and spec["evaluation"]["bear_limit"] == 2
+    spec = demo.demo_spec(demo.parse_args(["--finetune-tasks", "wsc"])[0])
+    assert spec["evaluation"]["finetune"] == {**ft, "tasks": "wsc"}

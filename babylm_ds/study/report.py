@@ -91,7 +91,7 @@ def _point(result, row):
 
 def _header(row, final):
     """A row's column title: fine-tuning tasks with their valid split's majority-class accuracy."""
-    majority = next((f[row]["majority"] for f in final.values() if row in f), None)
+    majority = next((f[row]["majority"] for f in final.values() if "majority" in f.get(row, {})), None)
     return ("dev loss" if row == "dev_loss" else row.upper() if row in GLUE else row) + \
         (f" (maj. {100 * majority:.1f})" if majority is not None else "")
 
@@ -118,7 +118,7 @@ def _about(spec, rows):
                  "of each relation, chance 1 / its answer space")
     if ft := e["finetune"]:
         recipe = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ft.items()
-                           if k not in ("tasks", "models", "data_dir") and v is not None)
+                           if k not in ("tasks", "models", "data_dir", "valid_batch_size") and v is not None)
         text += (f"; {', '.join(t.upper() for t in ft['tasks'].split(','))}: accuracy on the valid split after "
                  f"fine-tuning ({recipe}), majority class in the column title")
     return items, text
@@ -160,7 +160,8 @@ def markdown(spec, res):
 
 
 def plot(path, res):
-    """Learning curves (dev loss and BLiMP per epoch, selected runs and students) and the lr sweep."""
+    """Learning curves (dev loss and BLiMP per epoch, selected runs and students), the lr sweep, the final scores
+    (zero-shot; BEAR and fine-tuning beside them, with the majority class)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,7 +179,8 @@ def plot(path, res):
                 ax.annotate(f"{ys[-1]:.1f}" if key != "loss" else f"{ys[-1]:.3f}", (xs[-1], ys[-1]), fontsize=7)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     axes[1].axhline(100 * CHANCE, color="grey", ls="--", lw=0.8)
     axes[1].text(axes[1].get_xlim()[0], 100 * CHANCE, " chance", va="bottom", fontsize=7, color="grey")
     archs = sorted({r["arch"] for r in res["sweep"].values()})
