@@ -140,9 +140,26 @@ class Evaluation:
     epoch_tasks: Annotated[str | None, flag("--eval-zeroshot")] = None
     # zero-shot benchmarks at each epoch end, comma list, e.g. blimp,supplement,ewok (default: none, dev loss only)
     epoch_limit: Annotated[int | None, flag("--eval-limit")] = 100  # items per paradigm at epoch ends (none: all)
-    tasks: str = "blimp,supplement,ewok"  # benchmarks of the final evaluation (study, demo)
+    tasks: str = "blimp,supplement,ewok"
+    # benchmarks of the final evaluation (study, demo): blimp, supplement, ewok (macro: their mean), bear, bear_lite
     final_limit: int | None = None  # items per paradigm in the final evaluation (default: every item)
+    bear_limit: int | None = None  # instances per BEAR relation in the final evaluation (default: final_limit)
     bootstrap: int = 1000  # bootstrap draws of the study's 95% intervals
+
+
+@dataclass
+class Finetune:
+    """(Super)GLUE fine-tuning of a final model (`babylm-ds finetune`, a study's `evaluation.finetune`), as BabyLM 2025's."""
+    tasks: str | None = "rte,wsc"  # comma list of boolq, mnli, mrpc, multirc, qqp, rte, wsc (a study: none, no fine-tuning)
+    data_dir: str | None = None
+    # eval data with glue_filtered/ (default: the embedded data/eval, rte and wsc; BabyLM's evaluation_data for all)
+    max_train: int | None = None  # first N training examples per task (default: all)
+    epochs: int | None = None  # epochs per task (default: the pipeline's, 10; wsc 30)
+    lr: float = 3e-5  # AdamW learning rate, 0 < lr <= 1
+    batch_size: int | None = None  # training batch (default: the pipeline's, 32; boolq and multirc 16)
+    valid_batch_size: int = 64  # batch of the valid passes
+    seq_len: int = 512  # tokens per input; longer ones are truncated
+    seed: int = 42  # seed of the head's init and the batch order
 
 
 @dataclass
@@ -176,6 +193,7 @@ class Config:
     distill: Distill = field(default_factory=Distill)
     cache: Cache = field(default_factory=Cache)
     evaluation: Evaluation = field(default_factory=Evaluation)
+    finetune: Finetune = field(default_factory=Finetune)
     run: Run = field(default_factory=Run)
 
 
@@ -334,6 +352,7 @@ COMMANDS = {
                              "run.force", "cache",
                              "run.dist_timeout", "run.local_rank"), ("data.dir", "distill.teachers", "run.out")),
     "study": (_select("run.out", "run.threads", "run.force"), ()),
+    "finetune": (_select("finetune"), ()),  # + the tool's own options (babylm_ds.evaluation.finetune)
 }
 ALIASES = {"distill": {"model.name": ("--student",)}}  # extra flag names of a field in one command
 NONE = "none"  # what a command line writes for None where the default is not None (e.g. --eval-limit none)

@@ -43,12 +43,15 @@ def test_every_study_key_maps_to_one_field():
         for key, path in keys.items():
             assert path in FIELDS and path.endswith("." + key), (section, key, path)
     for key, target in STRUCTURE.items():
-        assert target.split(" ")[0] in FIELDS or target.startswith("the training section"), (key, target)
+        assert target.split(" ")[0] in FIELDS or target.startswith(("the training section", "the finetune section",
+                                                                     "the final models")), (key, target)
     # every key of the committed specs is one of them
     for name in sorted(os.listdir(ROOT / "studies")):
         raw = yaml.safe_load((ROOT / "studies" / name).read_text())
         for section in ("data", "training", "evaluation"):
-            assert set(raw.get(section) or {}) <= set(SECTIONS[section]), (name, section)
+            assert set(raw.get(section) or {}) - {"finetune"} <= set(SECTIONS[section]), (name, section)
+        finetune = (raw.get("evaluation") or {}).get("finetune") or {}
+        assert set(finetune) <= set(SECTIONS["finetune"]) | {"models"}, name
         for arch in raw["architectures"].values():
             assert set(arch) <= {k.split(".")[2] for k in STRUCTURE if k.startswith("architectures.")}
             assert set(arch.get("training") or {}) <= set(SECTIONS["training"])
@@ -68,12 +71,13 @@ def test_every_pipeline_option_maps_to_one_field():
 
 def test_flags_of_settings_are_defined_only_in_the_tree():
     """No module adds an argparse flag for a setting of the tree by hand (the evaluation and generation tools,
-    which take a model dir and their own options, are not training settings; fine-tuning is one of them)."""
+    which take a model dir and their own options, are not training settings; `babylm-ds finetune` takes its
+    settings from the tree and adds only the model, the outputs and the threads)."""
     flags = {f for field in FIELDS.values() for f in field.flags}
-    allowed = {"babylm_ds/config.py", "babylm_ds/evaluation/cli.py", "babylm_ds/evaluation/finetune.py",
-               "babylm_ds/evaluation/generate.py",
+    allowed = {"babylm_ds/config.py", "babylm_ds/evaluation/cli.py", "babylm_ds/evaluation/generate.py",
                "babylm_ds/evaluation/harness.py",
                "babylm_ds/models/zoo.py"}
+    tool_options = {"babylm_ds/evaluation/finetune.py": {"--model", "--out", "--threads"}}
     found = []
     for folder in ("babylm_ds", "launchers"):
         for dirpath, _, files in os.walk(ROOT / folder):
@@ -81,7 +85,8 @@ def test_flags_of_settings_are_defined_only_in_the_tree():
                 path = os.path.relpath(os.path.join(dirpath, name), ROOT)
                 if name.endswith(".py") and path not in allowed:
                     text = open(os.path.join(dirpath, name)).read()
-                    found += [(path, m) for m in re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", text) if m in flags]
+                    found += [(path, m) for m in re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", text)
+                              if m in flags and m not in tool_options.get(path, ())]
     assert not found, f"flags defined outside babylm_ds/config.py: {found}"
 
 
@@ -126,3 +131,12 @@ def test_demo_flags_set_the_demo_spec():
     assert all(a["lrs"] == [0.01] for a in archs.values()) and spec["seeds"] == [2]
     assert spec["students"]["student-kd"]["teachers"] == ["teacher-llama-tiny", "teacher-gpt2-tiny"]
     assert spec["students"]["student-kd"]["k"] == 8 and spec["evaluation"]["final_limit"] is None
+    # BEAR and fine-tuning: on in the demo (fine-tuning its students only), switched by flags
+    ft = base["evaluation"]["finetune"]
+    assert "bear_lite" in base["evaluation"]["tasks"].split(",") and base["evaluation"]["bear_limit"] >= 1
+    assert ft["tasks"] == "rte,wsc" and ft["models"] == ["student", "student-kd"] and ft["max_train"] >= 1
+    values = demo.parse_args(["--finetune-tasks", "none", "--bear-limit", "2", "--eval-tasks", "blimp"])[0]
+    spec = demo.demo_spec(values)
+    assert spec["evaluation"]["finetune"] is None and spec["evaluation"]["bear_limit"] == 2
+    spec = demo.demo_spec(demo.parse_args(["--finetune-tasks", "wsc"])[0])
+    assert spec["evaluation"]["finetune"] == {**ft, "tasks": "wsc"}

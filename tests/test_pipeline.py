@@ -13,7 +13,7 @@ from launch import HANG_S, ROOT
 PIPELINE = [sys.executable, str(ROOT / "launchers" / "pipeline.py")]
 TINY = ["--max-words", "20000", "--vocab-size", "500", "--seq-len", "64", "--steps", "3", "--teacher-steps", "3",
         "--micro-batch", "4", "--teachers", "llama-tiny", "gpt2-tiny", "--k", "8", "--eval-limit", "1",
-        "--eval-tasks", "blimp,supplement,ewok"]
+        "--eval-tasks", "blimp,supplement,ewok,bear_lite", "--bear-limit", "1", "--finetune-tasks", "wsc"]
 
 
 def _run(argv, log, timeout=HANG_S):
@@ -51,15 +51,19 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     study = json.loads((out / "study.json").read_text())
     assert set(study["final"]) == {"teacher-llama-tiny", "teacher-gpt2-tiny", "student", "student-kd"}
     assert set(study["differences"]) >= {"student-kd - student"}
+    # bear_lite for every model, WSC fine-tuning for the students only (the demo's evaluation.finetune.models)
+    assert all("bear_lite" in f for f in study["final"].values())
+    assert [g for g, f in study["final"].items() if "wsc" in f] == ["student", "student-kd"]
+    assert "wsc" in study["differences"]["student-kd - student"]
     table = (out / "study.md").read_text()
-    assert all(f"| {g} |" in table for g in study["final"]) and "| macro |" in table
+    assert all(f"| {g} |" in table for g in study["final"]) and "| macro |" in table and "WSC (maj. 63.5)" in table
     assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
     stamps = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
-    assert len(stamps) == 10 and all(s["done"] for s in stamps.values())
+    assert len(stamps) == 12 and all(s["done"] for s in stamps.values())
 
     rc, log = _run(["--out", str(out), *TINY], tmp_path / "run2.log")
     assert rc == 0, log[-4000:]
-    assert log.count("up to date, skipped") == 10 and "$ " not in log  # nothing re-run
+    assert log.count("up to date, skipped") == 12 and "$ " not in log  # nothing re-run
 
     # DeepSpeed checkpoints load like the exported model, with or without final/ (then via config.yaml)
     import torch

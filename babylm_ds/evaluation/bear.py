@@ -115,9 +115,10 @@ def accuracies(relations, rights, prefix="bear"):
 
 
 def evaluate_bear(model, tokenizer, task="bear", limit=None, batch_size=64, data_dir=None, device=None,
-                  progress=False, relations=None):
+                  progress=False, relations=None, per_item=False):
     """`accuracies` of `model` on BEAR (`task` bear or bear_lite), every statement scored once, in batches.
-    `relations`: `read_bear(data_dir)`, when already read."""
+    `relations`: `read_bear(data_dir)`, when already read. `per_item`: also `{task}_correct`, {relation: [[0/1 per
+    template] per instance]} (for intervals that resample instances)."""
     relations = relations or read_bear(data_dir)
     todo = items(relations, task, limit)
     keys = {}
@@ -129,4 +130,9 @@ def evaluate_bear(model, tokenizer, task="bear", limit=None, batch_size=64, data
     for rel, true, statements in todo:
         s = [scores[keys[x]] for x in statements]
         rights.setdefault(rel, []).append(s.index(max(s)) == true)
-    return accuracies(relations, rights, task)
+    out = accuracies(relations, rights, task)
+    if per_item:
+        n = {rel: 1 if task == "bear_lite" else len(relations[rel]["templates"]) for rel in rights}
+        out[f"{task}_correct"] = {rel: [[int(x) for x in r[i:i + n[rel]]] for i in range(0, len(r), n[rel])]
+                                  for rel, r in rights.items()}
+    return out

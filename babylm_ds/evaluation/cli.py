@@ -28,6 +28,8 @@ def build_parser():
     p.add_argument("--limit", type=int, default=None,
                    help="first N items per paradigm / instances per BEAR relation (default: all, ≈20 min on 2 CPU "
                         "cores for a 3M model)")
+    p.add_argument("--bear-limit", type=int, default=None,
+                   help="first N instances per BEAR relation (default: --limit)")
     p.add_argument("--harness", action="store_true",
                    help="score with lm-evaluation-harness and the shipped task configs (no ewok_swap); same accuracies")
     p.add_argument("--batch-size", type=int, default=64)
@@ -43,13 +45,17 @@ def build_parser():
     p.add_argument("--tb-dir", default=None, help="also log zeroshot/<bench> scalars to this TensorBoard dir")
     p.add_argument("--step", type=int, default=0, help="TensorBoard step")
     p.add_argument("--items", action="store_true",
-                   help="also save per-pair correctness and per-window dev losses in OUT.json (for intervals)")
+                   help="also save per-pair (BEAR: per-item) correctness and per-window dev losses in OUT.json "
+                        "(for intervals)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
 
 def run(args):
+    if any(n is not None and n < 1 for n in (args.limit, args.bear_limit)):
+        raise ValueError("--limit and --bear-limit must be >= 1")
+    bear_limit = args.limit if args.bear_limit is None else args.bear_limit
     if args.babylm_results and (args.harness or args.limit):
         raise ValueError("--babylm-results needs every item scored by babylm-ds: drop --limit and --harness")
     tasks = [t for t in args.tasks.split(",") if t]
@@ -89,13 +95,14 @@ def run(args):
             paths = write_predictions(args.babylm_results, pathlib.Path(args.model).stem, decisions, args.data_dir)
             print(f"wrote {', '.join(paths)}", file=sys.stderr)
     for task in bear_tasks:
-        result.update(bear.evaluate_bear(model, tokenizer, task, args.limit, args.batch_size, args.data_dir, device,
-                                         progress=True, relations=relations))
+        result.update(bear.evaluate_bear(model, tokenizer, task, bear_limit, args.batch_size, args.data_dir, device,
+                                         progress=True, relations=relations, per_item=args.items))
     if args.ppl_data:
         result["perplexity"] = perplexity(model, args.ppl_data, args.ppl_split, max_seqs=args.ppl_max_seqs, progress=True,
                                           per_sequence=args.items)
     manifest = os.path.join(args.model, "manifest.json")
     result.update(model=os.path.abspath(args.model), tasks=args.tasks, limit=args.limit,
+                  **({"bear_limit": bear_limit} if bear_tasks else {}),
                   model_manifest_sha256=sha256_file(manifest) if os.path.isfile(manifest) else None)
     result["seconds"] = round(time.time() - t0, 1)
     name = args.name or model_name(args.model)

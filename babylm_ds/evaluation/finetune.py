@@ -9,7 +9,6 @@ then cosine decay to 0.1 x lr, shuffled batches with the last incomplete one dro
 epoch. The epoch with the best valid accuracy (F1 for mrpc and qqp; the first of equal ones) is kept; its valid
 scores and predictions are the result. Runs in one process on CPU or one GPU; no DeepSpeed.
 """
-import argparse
 import contextlib
 import os
 import pathlib
@@ -20,41 +19,32 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from babylm_ds import config
 from babylm_ds.models.card import card_dir, update_finetune
 from babylm_ds.models.manifest import add_verify_arg
 from babylm_ds.utils.cli import run_cli
 from babylm_ds.utils.io import atomic_write_bytes, atomic_write_json, sha256_file
 
-from .glue import SPLITS, TASKS, parse_tasks, read_split
+from .glue import SPLITS, TASKS, check_settings, parse_tasks, read_split
 from .load import load_classifier, model_name, resolve_device
 
 WARMUP, MIN_LR_RATIO, WEIGHT_DECAY = 0.06, 0.1, 0.01
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="babylm-ds finetune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="exported HF model dir (or a training output dir with final/)")
-    add_verify_arg(p)
-    p.add_argument("--tasks", default="rte,wsc", help=f"comma list of {', '.join(TASKS)}")
-    p.add_argument("--data-dir", default=None,
-                   help="eval data with glue_filtered/ (default: the embedded data/eval, rte and wsc; BabyLM's "
-                        "evaluation_data for all seven)")
-    p.add_argument("--max-train", type=int, default=None, help="first N training examples per task (default: all)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: 10, wsc 30)")
-    p.add_argument("--lr", type=float, default=3e-5)
-    p.add_argument("--batch-size", type=int, default=None, help="default: 32 (16 for boolq and multirc)")
-    p.add_argument("--valid-batch-size", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=512, help="longer inputs are truncated")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
-    p.add_argument("--save", default=None, metavar="DIR",
-                   help="also export each task's kept classifier to DIR/TASK (HF folder, trust_remote_code)")
-    p.add_argument("--babylm-results", default=None, metavar="DIR",
-                   help="also write the BabyLM pipeline's finetune/TASK/{predictions.json,results.txt} under DIR")
-    p.add_argument("--name", default=None, help="model name in the report (default: the model dir name)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    """The fine-tuning settings of the configuration tree (its `finetune` section), then the tool's own options."""
+    p = config.build_parser("finetune", __doc__, prog="babylm-ds finetune")
+    tool = p.add_argument_group("model and outputs")
+    tool.add_argument("--model", required=True, help="exported HF model dir (or a training output dir with final/)")
+    add_verify_arg(tool)
+    tool.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
+    tool.add_argument("--save", default=None, metavar="DIR",
+                      help="also export each task's kept classifier to DIR/TASK (HF folder, trust_remote_code)")
+    tool.add_argument("--babylm-results", default=None, metavar="DIR",
+                      help="also write the BabyLM pipeline's finetune/TASK/{predictions.json,results.txt} under DIR")
+    tool.add_argument("--name", default=None, help="model name in the report (default: the model dir name)")
+    tool.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    tool.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
 
@@ -97,28 +87,28 @@ def predict(model, ids, pad_id, batch_size, device):
     return preds
 
 
-def finetune_task(model_path, task, data, args, device):
-    """Fine-tune a copy of `model_path` on `task` (`data`: {split: (pairs, labels)}); returns (result, valid
-    predictions, model with the kept epoch's weights, tokenizer)."""
+def finetune_task(model_path, task, data, ft, device, verify=True):
+    """Fine-tune a copy of `model_path` on `task` (`data`: {split: (pairs, labels)}) with the settings `ft`
+    (`config.Finetune`); returns (result, valid predictions, model with the kept epoch's weights, tokenizer)."""
     from babylm_ds.training.schedule import build_scheduler
 
     spec, t0 = TASKS[task], time.time()
-    epochs, batch_size = args.epochs or spec.epochs, args.batch_size or spec.batch_size
-    torch.manual_seed(args.seed)  # the head's initialisation
-    model, tokenizer = load_classifier(model_path, spec.num_labels, device, verify=not args.no_verify)
+    epochs, batch_size = ft.epochs or spec.epochs, ft.batch_size or spec.batch_size
+    torch.manual_seed(ft.seed)  # the head's initialisation
+    model, tokenizer = load_classifier(model_path, spec.num_labels, device, verify=verify)
     if (pad_id := tokenizer.pad_token_id) is None:
         raise ValueError(f"{model_path}: its tokenizer has no pad token (babylm-ds tokenizers have <pad> = 0)")
     model.config.pad_token_id = pad_id
     (train_pairs, train_labels), (valid_pairs, valid_labels) = (data[s] for s in SPLITS)
-    train_ids, valid_ids = (encode(tokenizer, pairs, args.seq_len) for pairs in (train_pairs, valid_pairs))
+    train_ids, valid_ids = (encode(tokenizer, pairs, ft.seq_len) for pairs in (train_pairs, valid_pairs))
     steps_per_epoch = len(train_ids) // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{task}: {len(train_ids)} training examples are fewer than one batch of {batch_size}")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
+    optimizer = torch.optim.AdamW(model.parameters(), lr=ft.lr, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=WEIGHT_DECAY)
     total = steps_per_epoch * epochs
     scheduler = build_scheduler(optimizer, total, int(WARMUP * total), "cosine", MIN_LR_RATIO)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(ft.seed)
     best, history = None, []
     for epoch in range(1, epochs + 1):
         model.train()
@@ -135,7 +125,7 @@ def finetune_task(model_path, task, data, args, device):
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-        preds = predict(model, valid_ids, pad_id, args.valid_batch_size, device)
+        preds = predict(model, valid_ids, pad_id, ft.valid_batch_size, device)
         scores = metrics(preds, valid_labels, spec.num_labels)
         history.append({"epoch": epoch, "train_loss": sum(losses) / len(losses), "first_loss": losses[0],
                         "last_loss": losses[-1], **scores})
@@ -148,7 +138,8 @@ def finetune_task(model_path, task, data, args, device):
     counts = [valid_labels.count(c) for c in range(spec.num_labels)]
     result = {**scores, "majority": max(counts) / len(valid_labels), "n_train": len(train_ids),
               "n_valid": len(valid_ids), "best_epoch": epoch, "epochs": epochs, "batch_size": batch_size,
-              "lr": args.lr, "steps": total, "select_on": spec.select_on, "history": history,
+              "lr": ft.lr, "steps": total, "select_on": spec.select_on, "history": history,
+              "predictions": preds, "correct": [int(p == y) for p, y in zip(preds, valid_labels)],
               "seconds": round(time.time() - t0, 1)}
     return result, preds, model.eval(), tokenizer
 
@@ -164,15 +155,12 @@ def markdown(result):
 
 
 def run(args, argv):
-    tasks = parse_tasks(args.tasks)
-    for flag in ("max_train", "epochs", "batch_size", "valid_batch_size", "seq_len"):
-        if (value := getattr(args, flag)) is not None and value < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    if not 0 < args.lr <= 1:
-        raise ValueError(f"--lr {args.lr:g} is out of range: use 0 < lr <= 1")
-    data = {t: {s: read_split(t, s, args.data_dir) for s in SPLITS} for t in tasks}  # bad data fails before training
+    ft = config.updated(config.Config(), config.namespace_values(args)).finetune
+    check_settings(ft, lambda key: "--" + key.replace("_", "-"))
+    tasks = parse_tasks(ft.tasks)
+    data = {t: {s: read_split(t, s, ft.data_dir) for s in SPLITS} for t in tasks}  # bad data fails before training
     for d in data.values():
-        d["train"] = tuple(x[:args.max_train] for x in d["train"])
+        d["train"] = tuple(x[:ft.max_train] for x in d["train"])
     if args.threads:
         torch.set_num_threads(args.threads)
     device, t0 = resolve_device(args.device), time.time()
@@ -180,13 +168,12 @@ def run(args, argv):
     result = {"name": args.name or model_name(args.model), "model": os.path.abspath(args.model),
               "model_manifest_sha256": sha256_file(manifests[0]) if manifests else None,
               "command": shlex.join(["babylm-ds", "finetune", *argv]),
-              "settings": {k: getattr(args, k) for k in ("lr", "seq_len", "seed", "max_train", "epochs", "batch_size",
-                                                         "valid_batch_size")} |
-              {"data_dir": args.data_dir, "warmup": WARMUP, "min_lr_ratio": MIN_LR_RATIO, "weight_decay": WEIGHT_DECAY,
-               "device": str(device)},
+              "settings": {k: v for k, v in vars(ft).items() if k != "tasks"} |
+              {"warmup": WARMUP, "min_lr_ratio": MIN_LR_RATIO, "weight_decay": WEIGHT_DECAY, "device": str(device)},
               "tasks": {}}
     for task in tasks:
-        result["tasks"][task], preds, model, tokenizer = finetune_task(args.model, task, data[task], args, device)
+        result["tasks"][task], preds, model, tokenizer = finetune_task(args.model, task, data[task], ft, device,
+                                                                       verify=not args.no_verify)
         if args.babylm_results:
             from .babylm_pipeline import write_finetune_predictions
 
@@ -208,7 +195,11 @@ def run(args, argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    run(build_parser().parse_args(argv), argv)
+    args = build_parser().parse_args(argv)
+    if args.print_config:
+        sys.stdout.write(config.dump(config.updated(config.Config(), config.namespace_values(args)), "finetune"))
+        return 0
+    run(args, argv)
     return 0
 
 

@@ -50,11 +50,27 @@ TASKS = {
 
 def parse_tasks(tasks):
     """Task names from a comma list (or a list); ValueError on an unknown one."""
+    if tasks is None:
+        raise ValueError(f"no fine-tuning task given; choose from {', '.join(TASKS)}")
     names = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
     unknown = [t for t in names if t not in TASKS]
     if unknown or not names:
         raise ValueError(f"unknown fine-tuning task(s) {unknown or tasks!r}; choose from {', '.join(TASKS)}")
     return names
+
+
+def check_settings(ft, name=str):
+    """ValueError (one line) unless the fine-tuning settings `ft` (`config.Finetune`) can run; `name(key)` is
+    how the message names a setting (a flag, a spec key)."""
+    try:
+        parse_tasks(ft.tasks)
+    except ValueError as e:
+        raise ValueError(f"{name('tasks')}: {e}") from None
+    for key in ("max_train", "epochs", "batch_size", "valid_batch_size", "seq_len"):
+        if (value := getattr(ft, key)) is not None and value < 1:
+            raise ValueError(f"{name(key)} must be >= 1, got {value}")
+    if not 0 < ft.lr <= 1:
+        raise ValueError(f"{name('lr')} {ft.lr:g} is out of range: use 0 < lr <= 1")
 
 
 def split_path(task, split, data_dir=None):

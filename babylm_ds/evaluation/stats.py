@@ -1,9 +1,11 @@
 """Uncertainty of evaluation results: bootstrap replicates over items, percentile intervals.
 
 A benchmark score is the mean over paradigms of each paradigm's accuracy, so items are resampled
-within each paradigm (stratified). The draws depend only on (seed, benchmark, paradigm, item count):
-two models scored on the same items get the same draws, and the replicates of their difference give
-a paired interval.
+within each paradigm (stratified). BEAR's score is the share of all its items right: instances are
+resampled within each relation (an instance's templates stay together), relations weighted by their
+items. A fine-tuning accuracy is the mean over the valid split's examples. The draws depend only on
+(seed, benchmark, stratum, item count): two models scored on the same items get the same draws, and
+the replicates of their difference give a paired interval.
 """
 import zlib
 
@@ -24,6 +26,18 @@ def bootstrap_benchmark(correct, bench, n_boot=1000, seed=0):
     return total / len(correct)
 
 
+def bootstrap_pooled(correct, name, n_boot=1000, seed=0):
+    """Replicates [n_boot] of the share of items right from {stratum: [[0/1 per item] per cluster]}: clusters
+    resampled within each stratum (BEAR: instances, their templates, within relations)."""
+    right, total = np.zeros(n_boot), 0
+    for stratum, clusters in sorted(correct.items()):
+        sums = np.asarray([sum(c) for c in clusters], dtype=np.float64)
+        draws = _rng(seed, name, stratum, str(len(sums))).integers(0, len(sums), (n_boot, len(sums)))
+        right += sums[draws].sum(1)
+        total += sum(len(c) for c in clusters)
+    return right / total
+
+
 def bootstrap_mean(values, name, n_boot=1000, seed=0):
     """Replicates [n_boot] of the mean of `values` (e.g. per-window dev losses)."""
     v = np.asarray(values, dtype=np.float64)
@@ -37,11 +51,15 @@ def interval(replicates, level=0.95):
 
 
 def bootstrap_result(result, benchmarks, n_boot=1000, seed=0):
-    """{row: replicates} for the benchmarks of an `evaluate_model(..., items=True)` result that hold
-    per-item correctness, their macro average (when all of `benchmarks` are there), and dev loss
-    (from `perplexity(..., per_sequence=True)` under "perplexity")."""
+    """{row: replicates} for the benchmarks of a `babylm-ds eval --items` result that hold per-item correctness
+    (BEAR: `bear_correct`), their macro average (when all of `benchmarks` are there), dev loss (from
+    `perplexity(..., per_sequence=True)` under "perplexity") and the fine-tuning tasks (a `babylm-ds finetune`
+    result's "tasks" under "finetune", each with its valid examples' "correct")."""
     reps = {b: bootstrap_benchmark(result[b]["correct"], b, n_boot, seed)
             for b in result if isinstance(result[b], dict) and "correct" in result[b]}
+    reps.update({b[:-len("_correct")]: bootstrap_pooled(c, b, n_boot, seed)
+                 for b, c in result.items() if b.startswith("bear") and b.endswith("_correct")})
+    reps.update({t: bootstrap_mean(r["correct"], t, n_boot, seed) for t, r in result.get("finetune", {}).items()})
     if benchmarks and all(b in reps for b in benchmarks):
         reps["macro"] = np.mean([reps[b] for b in benchmarks], axis=0)
     if "sequence_losses" in result.get("perplexity", {}):

@@ -19,7 +19,8 @@ FLAGS = {
     "--student": "student:model.name", "--k": "cache.k", "--alpha": "distill.alpha",
     "--temperature": "distill.temperature", "--ds-config": "run.ds_config", "--world-size": "run.world_size",
     "--launcher": "run.launcher", "--eval-limit": "evaluation.final_limit", "--full-eval": "all:evaluation.final_limit",
-    "--eval-tasks": "evaluation.tasks", "--seed": "run.seed", "--force": "run.force", "--threads": "run.threads",
+    "--eval-tasks": "evaluation.tasks", "--bear-limit": "evaluation.bear_limit", "--finetune-tasks": "finetune.tasks",
+    "--seed": "run.seed", "--force": "run.force", "--threads": "run.threads",
 }
 SCOPES = {"student": "the student's runs (KD and no KD)", "teachers": "each teacher (one architecture per preset)",
           "all": "every item"}
@@ -44,6 +45,9 @@ def build_parser():
              "student:optim.max_steps": raw["architectures"]["student"]["training"]["max_steps"],
              "teachers:optim.max_steps": "2 x --steps", "teachers:model.name": raw["architectures"]["teacher"]["model"],
              "student:model.name": raw["architectures"]["student"]["model"], "cache.k": kd["k"],
+             "finetune.tasks": f"{raw['evaluation']['finetune']['tasks']} on the students, "
+                               + ", ".join(f"{k} {v}" for k, v in raw["evaluation"]["finetune"].items()
+                                           if k not in ("tasks", "models")),
              "distill.alpha": kd["alpha"], "distill.temperature": kd["temperature"],
              **{f"run.{k}": raw["training"][k] for k in ("ds_config", "world_size", "launcher")}}
     for name, dest in FLAGS.items():
@@ -103,6 +107,8 @@ def demo_spec(values):
                 a["lrs"] = [value]
         elif path == "run.seed":
             raw["seeds"] = [value]
+        elif path.startswith("finetune."):
+            raw["evaluation"]["finetune"] = {**(raw["evaluation"].get("finetune") or {}), path[len("finetune."):]: value}
         elif not scope and path in where:
             section, key = where[path]
             if path in ("run.ds_config", "data.corpus") and value:

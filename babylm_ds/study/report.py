@@ -1,15 +1,18 @@
 """The study's report: learning-rate sweep (dev loss, the selection criterion), learning curves per
-epoch, final scores with 95% bootstrap intervals over items, and paired differences (architectures
-against each other, each student against its no-KD twin). Written as study.{md,json,png}."""
+epoch, final scores with 95% bootstrap intervals over items (zero-shot, BEAR, fine-tuning accuracy on the
+valid split), and paired differences (architectures against each other, each student against its no-KD
+twin). Written as study.{md,json,png}."""
 import json
 
 import numpy as np
 
 from babylm_ds.evaluation import report as eval_report
 from babylm_ds.evaluation import stats
+from babylm_ds.evaluation.glue import TASKS as GLUE
 from babylm_ds.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 
-ROWS = ("blimp", "supplement", "ewok", "macro", "dev_loss")
+# macro: the mean of blimp, supplement, ewok (BabyLM's zero-shot); BEAR and fine-tuning are reported beside it
+ROWS = ("blimp", "supplement", "ewok", "macro", "bear", "bear_lite", *GLUE, "dev_loss")
 CHANCE = 0.5
 
 
@@ -54,6 +57,8 @@ def build(spec, steps, sweep, students, best, summaries, evals, metrics, params)
         arch = spec["students"][group]["arch"] if group in spec["students"] else group
         final[group] = {"runs": names, "params": params[arch],
                         **{r: {"value": v, "ci95": stats.interval(reps[group][r])} for r, v in point.items()}}
+        for task, r in evals[names[0]].get("finetune", {}).items():
+            final[group][task]["majority"] = r["majority"]
         if len(names) > 1:
             for r in point:
                 final[group][r]["seed_std"] = float(np.std([_point(evals[n], r) for n in names], ddof=1))
@@ -69,6 +74,7 @@ def build(spec, steps, sweep, students, best, summaries, evals, metrics, params)
               "sweep": sweep_table, "final": final, "differences": diffs,
               "scores": eval_report.markdown_table({g: evals[names[0]] for g, names in groups.items()
                                                     if len(names) == 1} or {n: evals[n] for n in evals}),
+              "finetune": {n: e["finetune"] for n, e in evals.items() if "finetune" in e},
               "curves": {n: curves(p, steps[n][0]) for n, p in metrics.items()},
               "tokens_per_s": {n: s.get("tokens_per_s") for n, s in summaries.items()}}
     result["markdown"] = markdown(spec, result)
@@ -76,14 +82,51 @@ def build(spec, steps, sweep, students, best, summaries, evals, metrics, params)
 
 
 def _point(result, row):
-    """A row's value in one run's evaluation: dev loss, or the benchmark's headline accuracy."""
-    return result["perplexity"]["loss"] if row == "dev_loss" else eval_report.score(result, row)
+    """A row's value in one run's evaluation: dev loss, a fine-tuning task's valid accuracy, or the benchmark's
+    headline accuracy."""
+    if row == "dev_loss":
+        return result["perplexity"]["loss"]
+    return result["finetune"][row]["accuracy"] if row in GLUE else eval_report.score(result, row)
+
+
+def _header(row, final):
+    """A row's column title: fine-tuning tasks with their valid split's majority-class accuracy."""
+    majority = next((f[row]["majority"] for f in final.values() if "majority" in f.get(row, {})), None)
+    return ("dev loss" if row == "dev_loss" else row.upper() if row in GLUE else row) + \
+        (f" (maj. {100 * majority:.1f})" if majority is not None else "")
+
+
+def finetune_table(runs):
+    """Markdown: every fine-tuning score of every fine-tuned run (`runs`: {run: {task: result}})."""
+    lines = ["| run | task | accuracy | F1 | MCC | majority | train / valid | epochs (kept) | seconds |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {t} | {100 * r['accuracy']:.1f} | {100 * r['f1']:.1f} | {r['mcc']:.3f} | {100 * r['majority']:.1f} "
+              f"| {r['n_train']} / {r['n_valid']} | {r['epochs']} ({r['best_epoch']}) | {r['seconds']} |"
+              for n, tasks in runs.items() for t, r in tasks.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _about(spec, rows):
+    """What the final table's columns are: items, chance, the macro, BEAR's instances, the fine-tuning recipe."""
+    e = spec["evaluation"]
+    items = "every item" if e["final_limit"] is None else f"the first {e['final_limit']} items per paradigm"
+    text = (f"BLiMP, supplement, EWoK: {items}, chance 50; macro: their mean (BEAR and the fine-tuning tasks do not "
+            "enter it)")
+    if bear := [r for r in rows if r.startswith("bear")]:
+        limit = e["bear_limit"] or e["final_limit"]
+        text += (f"; {', '.join(bear)}: {'every instance' if limit is None else f'the first {limit} instances'} "
+                 "of each relation, chance 1 / its answer space")
+    if ft := e["finetune"]:
+        recipe = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ft.items()
+                           if k not in ("tasks", "models", "data_dir", "valid_batch_size") and v is not None)
+        text += (f"; {', '.join(t.upper() for t in ft['tasks'].split(','))}: accuracy on the valid split after "
+                 f"fine-tuning ({recipe}), majority class in the column title")
+    return items, text
 
 
 def markdown(spec, res):
-    e = spec["evaluation"]
-    items = "every item" if e["final_limit"] is None else f"the first {e['final_limit']} items per paradigm"
     rows = [r for r in ROWS if any(r in f for f in res["final"].values())]
+    items, about = _about(spec, rows)
     lrs = ", ".join(f"{a} {len(x['lrs'])}" for a, x in spec["architectures"].items())
     steps = {}
     for name, r in res["sweep"].items():
@@ -97,32 +140,35 @@ def markdown(spec, res):
              "", "## Learning-rate sweep (final dev loss; * selected)", "", "| run | lr | dev loss |", "|---|---:|---:|"]
     for name, r in res["sweep"].items():
         lines.append(f"| {name} | {r['lr']:g} | {r['dev_loss']:.4f}{' *' if r['selected'] else ''} |")
-    lines += ["", f"## Final scores (%, {items}; 95% bootstrap interval over items"
-                  f"{', mean over seeds' if len(spec['seeds']) > 1 else ''}; chance 50)", "",
-              "| model | params | " + " | ".join("dev loss" if r == "dev_loss" else r for r in rows) + " |",
+    lines += ["", f"## Final scores (%, 95% bootstrap interval over items"
+                  f"{', mean over seeds' if len(spec['seeds']) > 1 else ''})", "", about + ".", "",
+              "| model | params | " + " | ".join(_header(r, res["final"]) for r in rows) + " |",
               "|---|---:|" + "---:|" * len(rows)]
     for group, f in res["final"].items():
         lines.append(f"| {group} | {f['params'] / 1e6:.2f}M | " + " | ".join(_fmt(r, f[r]["value"], f[r]["ci95"]) if r in f else "-"
                                                    for r in rows) + " |")
     lines += ["", "## Paired differences (same items; 95% bootstrap interval)", "",
-              "| comparison | " + " | ".join("dev loss" if r == "dev_loss" else r for r in rows) + " |",
+              "| comparison | " + " | ".join(_header(r, {}) for r in rows) + " |",
               "|---|" + "---:|" * len(rows)]
     for name, d in res["differences"].items():
         lines.append(f"| {name} | " + " | ".join(_fmt(r, d[r]["value"], d[r]["ci95"]) if r in d else "-"
                                                  for r in rows) + " |")
     lines += ["", f"## Every score (%, {items})", "", res["scores"].rstrip("\n")]
+    if res["finetune"]:
+        lines += ["", "## Fine-tuning (%, valid split; MCC in [-1, 1])", "", finetune_table(res["finetune"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
 def plot(path, res):
-    """Learning curves (dev loss and BLiMP per epoch, selected runs and students) and the lr sweep."""
+    """Learning curves (dev loss and BLiMP per epoch, selected runs and students), the lr sweep, the final scores
+    (zero-shot; BEAR and fine-tuning beside them, with the majority class)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     shown = [n for g in res["final"].values() for n in g["runs"]]
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    fig, axes = plt.subplots(1, 5, figsize=(23, 4.2))
     for ax, key, label in ((axes[0], "loss", "dev loss (nats/token)"), (axes[1], "blimp", "BLiMP accuracy (%)")):
         for name in shown:
             pts = res["curves"][name].get(key, [])
@@ -133,7 +179,8 @@ def plot(path, res):
                 ax.annotate(f"{ys[-1]:.1f}" if key != "loss" else f"{ys[-1]:.3f}", (xs[-1], ys[-1]), fontsize=7)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     axes[1].axhline(100 * CHANCE, color="grey", ls="--", lw=0.8)
     axes[1].text(axes[1].get_xlim()[0], 100 * CHANCE, " chance", va="bottom", fontsize=7, color="grey")
     archs = sorted({r["arch"] for r in res["sweep"].values()})
@@ -146,19 +193,27 @@ def plot(path, res):
     axes[2].legend(fontsize=7)
     axes[1].set_title("per-epoch zero-shot (epoch-end subset of items)", fontsize=9)
     groups = list(res["final"])
-    rows = [r for r in ("blimp", "supplement", "ewok", "macro") if r in res["final"][groups[0]]]
-    for i, row in enumerate(rows):
-        for j, group in enumerate(groups):
-            f = res["final"][group][row]
-            lo, hi = (100 * x for x in f["ci95"])
-            y = 100 * f["value"]
-            axes[3].errorbar(i + 0.8 * j / len(groups), y, [[y - lo], [hi - y]], fmt="o", capsize=3, color=f"C{j}",
-                             label=group if i == 0 else None)
+    zero = [r for r in ("blimp", "supplement", "ewok", "macro") if r in res["final"][groups[0]]]
+    other = [r for r in ROWS[4:-1] if any(r in f for f in res["final"].values())]  # BEAR, fine-tuning
+    for ax, rows, title in ((axes[3], zero, "final zero-shot scores"), (axes[4], other, "BEAR, fine-tuning (valid)")):
+        labelled = set()
+        for i, row in enumerate(rows):
+            for j, group in enumerate(groups):
+                if row not in (f := res["final"][group]):
+                    continue
+                lo, hi = (100 * x for x in f[row]["ci95"])
+                y = 100 * f[row]["value"]
+                ax.errorbar(i + 0.8 * j / len(groups), y, [[y - lo], [hi - y]], fmt="o", capsize=3, color=f"C{j}",
+                            label=None if group in labelled else group)
+                labelled.add(group)
+                if "majority" in f[row]:
+                    ax.hlines(100 * f[row]["majority"], i - 0.1, i + 0.9, color="grey", lw=0.8)
+        ax.set_xticks([i + 0.4 * (len(groups) - 1) / len(groups) for i in range(len(rows))], rows)
+        ax.set_ylabel("accuracy (%), 95% CI")
+        ax.set_title(title + (" (grey: majority class)" if any(r in GLUE for r in rows) else ""), fontsize=9)
+        if rows:
+            ax.legend(fontsize=7)
     axes[3].axhline(100 * CHANCE, color="grey", ls="--", lw=0.8)
-    axes[3].set_xticks([i + 0.4 * (len(groups) - 1) / len(groups) for i in range(len(rows))], rows)
-    axes[3].set_ylabel("final accuracy (%), 95% CI")
-    axes[3].set_title("final scores", fontsize=9)
-    axes[3].legend(fontsize=7)
     fig.suptitle(f"study {res['name']}")
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -1,6 +1,7 @@
 """Run a study: prepare the data, train every architecture at every lr and seed (dev loss, and zero-shot
 evaluation when asked, at each epoch end), select each architecture's lr on dev loss, distil the students
-from the selected teachers, evaluate the selected runs and the students, write the report.
+from the selected teachers, evaluate the selected runs and the students (zero-shot, BEAR, and fine-tuning
+when `evaluation.finetune` asks), write the report.
 
 The study is the project's one orchestrator: `babylm-ds study SPEC` and the demo (`launchers/pipeline.py`,
 `make demo`: studies/demo.yaml) both run it. Every run is a launcher job (DeepSpeed by default) in its own
@@ -207,6 +208,7 @@ class Study:
         argv = ["--model", final, "--out", prefix, "--name", run.name, "--tasks", e["tasks"], "--ppl-data", self.data,
                 "--items", "--device", "cuda" if self.gpus else "cpu"]
         argv += ["--limit", str(e["final_limit"])] if e["final_limit"] else []
+        argv += ["--bear-limit", str(e["bear_limit"])] if e["bear_limit"] and "bear" in e["tasks"] else []
         model_sha = self._inputs(os.path.join(final, "manifest.json"))[1]
 
         def check():
@@ -219,6 +221,34 @@ class Study:
         self._stage(f"eval-{run.name}", [*argv, model_sha], [], check,
                     lambda resume: self._call(f"eval-{run.name}", cmd, slot, self.threads_one))
         return _read_json(prefix + ".json", f"evaluation of {run.name}")[run.name]
+
+    def finetune_prefix(self, run):
+        return os.path.join(self.out, "eval", f"{run.name}-finetune")
+
+    def tuned(self, finals):
+        """The final runs that evaluation.finetune fine-tunes (its `models`, default all)."""
+        ft = self.spec["evaluation"]["finetune"]
+        return [r for r in finals if ft and (ft["models"] is None or (r.student or r.arch) in ft["models"])]
+
+    def finetune(self, run, slot):
+        """evaluation.finetune's tasks, each on a fresh copy of the final model (`babylm-ds finetune`: one process),
+        with the valid split's predictions kept; returns the result's {task: scores}."""
+        final, prefix = os.path.join(self.run_dir(run), "final"), self.finetune_prefix(run)
+        argv = ["--model", final, "--out", prefix, "--name", run.name, "--device", "cuda" if self.gpus else "cpu",
+                *to_argv(self.config(run), "finetune")]
+        model_sha = self._inputs(os.path.join(final, "manifest.json"))[1]
+        tasks = self.spec["evaluation"]["finetune"]["tasks"].split(",")
+
+        def check():
+            with open(prefix + ".json") as f:
+                result = json.load(f)
+            if result["model_manifest_sha256"] != model_sha or sorted(result["tasks"]) != sorted(tasks):
+                raise ValueError(f"{prefix}.json was made for another model or tasks")
+
+        cmd = [sys.executable, "-m", "babylm_ds.cli", "finetune", *argv]
+        self._stage(f"finetune-{run.name}", [*argv, model_sha], [], check,
+                    lambda resume: self._call(f"finetune-{run.name}", cmd, slot, self.threads_one))
+        return _read_json(prefix + ".json", f"fine-tuning of {run.name}")["tasks"]
 
     def params(self, run):
         """Parameter count of a run's exported model (built on the meta device)."""
@@ -244,6 +274,10 @@ class Study:
             lines.append(f"  student {name}: {self.spec['architectures'][s['arch']]['model']} at the lr selected for "
                          f"{s['arch']}, from the selected run(s) of {'+'.join(s['teachers'])} (k={s['k']}, "
                          f"alpha={s['alpha']}, T={s['temperature']}); no-KD twin: the selected {s['arch']} run")
+        e = self.spec["evaluation"]
+        lines.append(f"  evaluate the selected runs and students: {e['tasks']}"
+                     + (f"; fine-tune on {e['finetune']['tasks']} ({', '.join(e['finetune']['models'] or ['all'])})"
+                        if e["finetune"] else ""))
         return "\n".join(lines)
 
     def run(self, phases=PHASES):
@@ -267,13 +301,19 @@ class Study:
             summaries.update(zip([r.name for r in students],
                                  self._pool(lambda r, slot: self.distil(r, slot, best), students)))
         finals = [r for r in sweep if r.lr == best[r.arch]] + students
+        tuned = self.tuned(finals)
         if "eval" in phases:
             evals = dict(zip([r.name for r in finals], self._pool(self.evaluate, finals)))
+            for r, tasks in zip(tuned, self._pool(self.finetune, tuned)):
+                evals[r.name]["finetune"] = tasks
         result = None
         if "report" in phases:
             if "eval" not in phases:
                 evals = {r.name: _read_json(self.eval_prefix(r) + ".json", f"evaluation of {r.name}")[r.name]
                          for r in finals}
+                for r in tuned:
+                    evals[r.name]["finetune"] = _read_json(self.finetune_prefix(r) + ".json",
+                                                           f"fine-tuning of {r.name}")["tasks"]
             summaries.update({r.name: _read_json(os.path.join(self.run_dir(r), "summary.json"), f"run {r.name}")
                               for r in students if r.name not in summaries})
             params = {arch: self.params(next(r for r in sweep if r.arch == arch)) for arch in self.spec["architectures"]}

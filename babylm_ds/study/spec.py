@@ -7,11 +7,14 @@ specs with one line naming the file and the key; `sweep_runs` lists the pretrain
     architectures:  {hgrn2: {model: babyhgrn-cpu, lrs: [1e-3, 3e-3], config: {KEY: VALUE}, training: {...}}, ...}
     seeds:          [0]
     students:       {hgrn2-kd: {arch: hgrn2, teachers: [hgrn2], alpha: 0.5, temperature: 2.0, k: 64}}
-    evaluation:     {tasks: blimp,supplement,ewok, epoch_tasks: null, epoch_limit: 100, final_limit: null, ...}
+    evaluation:     {tasks: blimp,supplement,ewok,bear_lite, final_limit: null, bear_limit: null, ...,
+                     finetune: {tasks: rte,wsc, max_train: null, epochs: null, ..., models: [NAME, ...]}}
 
 Every key is a field of the configuration tree (`babylm_ds.config`; `SECTIONS` and `STRUCTURE` map them),
 with the tree's defaults: `data` the data fields, `training` the optimisation and run fields and the
-dev-loss settings, `evaluation` the zero-shot ones, a student's keys the distillation and cache fields.
+dev-loss settings, `evaluation` the zero-shot ones, a student's keys the distillation and cache fields,
+`evaluation.finetune` the fine-tuning ones (absent, null or `tasks: null`: no fine-tuning; `models`: which
+architectures and students are fine-tuned, default all).
 An architecture's `training` overrides the shared section for its runs and its students (e.g. max_steps).
 A student trains the preset of `arch` at that architecture's selected lr, for the same steps and seeds,
 from the cached logits of the selected runs of `teachers` (several: an ensemble); its no-KD twin is the
@@ -39,14 +42,19 @@ SECTIONS = {
     "evaluation": _paths("evaluation", skip=("evaluation.eval_every", "evaluation.dev_max_seqs")),
     "students": _paths("distill", "cache", skip=("distill.preset", "distill.teacher_cache", "distill.teachers",
                                                  "distill.beta", "distill.layer_map")),
+    "finetune": _paths("finetune"),  # the keys of evaluation.finetune
 }
 # The spec's own structure: what each of its other keys sets in a run's configuration.
 STRUCTURE = {"architectures.*.model": "model.name", "architectures.*.lrs": "optim.lr (one run each)",
              "architectures.*.config": "model.config", "architectures.*.training": "the training section's fields",
              "seeds": "run.seed (one run each)", "students.*.arch": "model.name (the architecture's)",
-             "students.*.teachers": "distill.teacher_cache (their selected runs' cached logits)"}
+             "students.*.teachers": "distill.teacher_cache (their selected runs' cached logits)",
+             "evaluation.finetune": "the finetune section's fields (a fine-tuning stage per final model)",
+             "evaluation.finetune.models": "the final models fine-tuned (architecture and student names; default all)"}
 DEFAULTS = {section: {key: FIELDS[path].default for key, path in keys.items()}
             for section, keys in SECTIONS.items() if section != "students"}
+DEFAULTS["evaluation"]["finetune"] = None
+DEFAULTS["finetune"]["models"] = None
 STUDENT_DEFAULTS = {"arch": None, "teachers": None, **{k: FIELDS[p].default for k, p in SECTIONS["students"].items()}}
 ARCH_KEYS = {"model", "lrs", "config", "training"}
 
@@ -154,6 +162,7 @@ def check_spec(raw, path):
                                                            for s in seeds):
         raise SpecError(f"{path}: 'seeds' must be a non-empty list of integers")
     spec["seeds"] = seeds
+    _check_evaluation(path, spec["evaluation"])
     spec["students"] = {}
     for name, student in (raw.get("students") or {}).items():
         student = _merge(path, f"students.{name}", student, STUDENT_DEFAULTS, SECTIONS["students"])
@@ -167,7 +176,48 @@ def check_spec(raw, path):
         if name in spec["architectures"]:
             raise SpecError(f"{path}: student {name!r} has the name of an architecture; rename it")
         spec["students"][name] = student
+    spec["evaluation"]["finetune"] = _finetune(path, spec, raw["evaluation"].get("finetune")
+                                               if isinstance(raw.get("evaluation"), dict) else None)
     return spec
+
+
+def _check_evaluation(path, e):
+    from babylm_ds.evaluation.bear import TASKS as BEAR
+    from babylm_ds.evaluation.data import BENCHMARKS
+
+    for key, known in (("tasks", BENCHMARKS + BEAR), ("epoch_tasks", BENCHMARKS)):  # BEAR: final evaluation only
+        tasks = [t for t in (e[key] or "").split(",") if t]
+        if (bad := [t for t in tasks if t.partition("/")[0] not in known]) or key == "tasks" and not tasks:
+            raise SpecError(f"{path}: evaluation.{key} {e[key]!r} names unknown task(s) {bad}; a comma list of "
+                            f"{', '.join(known)}")
+    for key in ("epoch_limit", "final_limit", "bear_limit", "bootstrap"):
+        if e[key] is not None and e[key] < 1:
+            raise SpecError(f"{path}: evaluation.{key} must be >= 1, got {e[key]}")
+
+
+def _finetune(path, spec, given):
+    """evaluation.finetune checked (fields of the tree's finetune section, `models` named in the spec), or None."""
+    from babylm_ds.config import Config, updated
+    from babylm_ds.evaluation.glue import check_settings
+
+    if given is None:
+        return None
+    ft = _merge(path, "evaluation.finetune", given, DEFAULTS["finetune"], SECTIONS["finetune"])
+    if ft["tasks"] is None:
+        return None
+    try:
+        check_settings(updated(Config(), {SECTIONS["finetune"][k]: v for k, v in ft.items() if k != "models"}).finetune,
+                       lambda key: f"evaluation.finetune.{key}")
+    except ValueError as e:
+        raise SpecError(f"{path}: {e}") from None
+    names = [*spec["architectures"], *spec["students"]]
+    if ft["models"] is not None and (not isinstance(ft["models"], list) or not ft["models"]
+                                     or any(m not in names for m in ft["models"])):
+        raise SpecError(f"{path}: evaluation.finetune.models must list architectures or students of this spec "
+                        f"({', '.join(names)}), got {ft['models']!r}")
+    if ft["data_dir"]:
+        ft["data_dir"] = os.path.abspath(ft["data_dir"])
+    return ft
 
 
 def run_name(arch, lr, seed):
@@ -192,7 +242,9 @@ def run_values(spec, run):
     """{tree path: value} of a run's configuration that the spec decides (the study adds paths and ids)."""
     values = {SECTIONS["data"][k]: v for k, v in spec["data"].items()}
     values.update({SECTIONS["training"][k]: v for k, v in {**spec["training"], **run.training}.items()})
-    values.update({SECTIONS["evaluation"][k]: v for k, v in spec["evaluation"].items()})
+    values.update({SECTIONS["evaluation"][k]: v for k, v in spec["evaluation"].items() if k != "finetune"})
+    values.update({SECTIONS["finetune"][k]: v for k, v in (spec["evaluation"]["finetune"] or {}).items()
+                   if k != "models"})
     values.update({"model.name": run.model, "model.config": run.config, "optim.lr": run.lr, "run.seed": run.seed})
     if run.student:
         s = spec["students"][run.student]
