@@ -52,7 +52,7 @@ def test_kernel_benchmark_records_failures_and_keeps_finished_cases(tmp_path, mo
         raise CompilationError("at 12:4: out of resources: shared memory\nmore")
 
     real_backends, real_inputs = bench.backends, bench.make_inputs
-    monkeypatch.setattr(bench, "backends", lambda device: {**real_backends(device), "triton": broken})
+    monkeypatch.setattr(bench, "backends", lambda device, isas=(): {**real_backends(device, isas), "triton": broken})
 
     def inputs(B, T, *rest):
         if T == 100:
