@@ -110,6 +110,11 @@ def cpu_isas(names):
     return here if names == ["all"] else list(dict.fromkeys(names or [active]))
 
 
+def cpu_backends(isas):
+    """{backend name: instruction set} of the cpu backend's runs ("cpu-ISA" when there are several)."""
+    return {(f"cpu-{isa}" if len(isas) > 1 else "cpu"): isa for isa in isas}
+
+
 def backends(device, isas=()):
     """name -> fn(q, k, v, g) returning the output; only those that run here. The cpu backend runs with
     each of `isas` (named "cpu-ISA" when there are several)."""
@@ -122,8 +127,8 @@ def backends(device, isas=()):
             print(f"skip backend {name}: {error_text(e)}")
             continue
         if name == "cpu":  # forward and backward with `isa`: it stays set until the next call
-            for isa in isas:
-                out[f"cpu-{isa}" if len(isas) > 1 else "cpu"] = lambda q, k, v, g, isa=isa: (
+            for cpu, isa in cpu_backends(isas).items():
+                out[cpu] = lambda q, k, v, g, isa=isa: (
                     _C.set_cpu_isa(isa), hgrn2(q, k, v, g, backend="cpu"))[1][0]
             continue
         out[name] = lambda q, k, v, g, name=name: hgrn2(q, k, v, g, backend=name)[0]
@@ -305,7 +310,7 @@ def print_table(rows, gemm):
               f"{'/sdpa':>7} {'GFLOP/s':>8} {'% GEMM':>7}")
         for r in (r for r in rows if r["shape"] == shape):
             if r["fwd_bwd_s"] is None:
-                print(f"{r['T']:>6} {r['backend']:>8} {r['error']}")
+                print(f"{r['T']:>6} {r['backend']:>12} {r['error']}")
                 continue
             ratios = [r["fwd_bwd_s"] / t.get((shape, ref, r["T"]), nan) for ref in ("torch", "fla", "sdpa")]
             gf = r["fwd_bwd_gflops"]
@@ -370,9 +375,11 @@ def main(argv=None):
         "flops": "forward 2*B*H*T*(2*K*V + 64*(K+V)/2); forward+backward 3x forward",
     }
 
+    isa_of = cpu_backends(isas)
+
     def write(rows, gemm, targets=None):  # after every case: a run stopped midway keeps what it measured
         for r in rows:  # the instruction set each cpu row ran with
-            r["isa"] = (r["backend"][4:] or isas[0]) if r["backend"].startswith("cpu") else None
+            r["isa"] = isa_of.get(r["backend"])
         atomic_write_json(out, {**result, "gemm_gflops": gemm, "results": rows, "targets": targets or {}})
 
     rows, gemm = measure(shapes, backends(device, isas), device, a.repeats, write)
