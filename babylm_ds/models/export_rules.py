@@ -5,7 +5,8 @@ copying the family's `configuration.py` / `modeling.py` with every project modul
 inlined before them (transitively): today `models/recurrent.py`, `layers/hgrn2.py`, `ops/hgrn2/api.py`,
 `ops/hgrn2/chunk.py` and `models/hf_compat.py` (it serves the transformers names 4.x lacks: a
 `from transformers import` of a name in its `__all__` is dropped and the shim defines it). Their top-level
-code is copied verbatim into one file and their project imports are dropped, so each of these modules (they say so in their docstring) keeps to:
+code is copied verbatim into one file and their project imports are dropped, so each of these modules (they
+say so in their docstring) keeps to:
 
 1. top-level project imports name things, not modules: `from babylm_ds.x import name` (or the relative
    form); never `import babylm_ds.x`, nor `from babylm_ds.x import submodule`;
@@ -63,7 +64,9 @@ def _nested_imports(tree):
 
 def _served(node, package):
     """The names of a `from transformers import ...` that the export's shim (models/hf_compat.py) serves."""
-    if package != "babylm_ds" or not isinstance(node, ast.ImportFrom) or (node.module or "").split(".")[0] != "transformers":
+    if package != "babylm_ds" or not isinstance(node, ast.ImportFrom):
+        return set()
+    if (node.module or "").split(".")[0] != "transformers":
         return set()
     return {alias.name for alias in node.names} & set(importlib.import_module(_SHIM).__all__)
 
