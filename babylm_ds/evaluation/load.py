@@ -3,9 +3,7 @@ import os
 
 import torch
 
-from babylm_ds.models.manifest import loading, verify_model_dir
-
-CHECKSUMS = "checksums.json"  # a sealed checkpoint's listing (training.guard)
+from babylm_ds.models.manifest import CHECKSUMS, loading, verify_model_dir
 
 
 def _has(d, name):

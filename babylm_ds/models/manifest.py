@@ -14,6 +14,7 @@ from babylm_ds.utils.cli import one_line
 from babylm_ds.utils.io import atomic_write_json, read_json, sha256_file
 
 MANIFEST = "manifest.json"
+CHECKSUMS = "checksums.json"  # a sealed DeepSpeed checkpoint's listing (training.guard.seal_checkpoint)
 UNLISTED_REFUSED = (".safetensors", ".bin", ".pt", ".pth", ".py", "config.json")  # what transformers reads or runs
 
 

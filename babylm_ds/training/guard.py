@@ -6,12 +6,12 @@ import os
 import shutil
 
 from babylm_ds.data import verify_data
+from babylm_ds.models.manifest import CHECKSUMS
 from babylm_ds.training.config import build_ds_config
 from babylm_ds.training.dist import agree
 from babylm_ds.utils.io import atomic_write_bytes, atomic_write_json, lock_dir, read_json, sha256_file
 
 MAX_LR = 1.0  # beyond this an Adam step overflows fp32 (1e38) or wipes out the model (1e6)
-CHECKSUMS = "checksums.json"
 RUN_FILES = ("checkpoints", "final", "final.tmp", "summary.json", "metrics.jsonl", "tb", "config.yaml", "args.json",
              "ds_config.json")
 
