@@ -17,10 +17,9 @@ Tasks: `bear` (every template), `bear_lite` (each relation's first template only
 `template_index=0`: a third of the statements). `limit`: the first N instances of each relation.
 """
 import json
-import lzma
 import os
 
-from .data import resolve_dir
+from .data import read_text, resolve_dir
 from .zeroshot import score_texts
 
 TASKS = ("bear", "bear_lite")
@@ -28,10 +27,9 @@ TASKS = ("bear", "bear_lite")
 
 def _read(path):
     """Text of `path`, else of `path`.xz; None when neither exists."""
-    for candidate, opener in ((path, open), (path + ".xz", lzma.open)):
+    for candidate in (path, path + ".xz"):
         if os.path.isfile(candidate):
-            with opener(candidate, "rt", encoding="utf-8") as f:
-                return f.read()
+            return read_text(candidate)
     return None
 
 

@@ -25,6 +25,12 @@ def resolve_dir(data_dir=None):
     return full if os.path.isdir(full) else data_dir
 
 
+def read_text(path):
+    """The text of `path` (UTF-8), decompressed when it ends in .xz."""
+    with (lzma.open if path.endswith(".xz") else open)(path, "rt", encoding="utf-8") as f:
+        return f.read()
+
+
 def _parse(text, where):
     try:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -36,12 +42,8 @@ def _read_jsonl_dir(folder):
     out = {}
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        if name.endswith(".jsonl"):
-            with open(path, encoding="utf-8") as f:
-                out[name[:-6]] = _parse(f.read(), path)
-        elif name.endswith(".jsonl.xz"):
-            with lzma.open(path, "rt", encoding="utf-8") as f:
-                out[name[:-9]] = _parse(f.read(), path)
+        if name.endswith((".jsonl", ".jsonl.xz")):
+            out[name.removesuffix(".xz")[:-6]] = _parse(read_text(path), path)
     return out
 
 

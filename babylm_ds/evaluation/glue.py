@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from babylm_ds.utils.io import atomic_path
 
-from .data import resolve_dir
+from .data import read_text, resolve_dir
 
 SPLITS = ("train", "valid")
 
@@ -87,11 +87,9 @@ def read_split(task, split, data_dir=None):
     """(pairs [(A, B)], labels [int]) of `task`'s `split`; a malformed line, a missing field or a label outside
     the task's label set is a ValueError naming the file and line."""
     spec, path = TASKS[task], split_path(task, split, data_dir)
-    opener = lzma.open if path.endswith(".xz") else open
     pairs, labels = [], []
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        lines = read_text(path).splitlines()
     except (lzma.LZMAError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot read it ({e})") from None
     for n, line in enumerate(lines, 1):
