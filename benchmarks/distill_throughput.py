@@ -23,9 +23,9 @@ sys.path.insert(0, ROOT)
 from babylm_ds.cache import TeacherCache, combined_logits, load_teacher, teacher_info, write_cache  # noqa: E402
 from babylm_ds.cache.format import id_dtype  # noqa: E402
 from babylm_ds.cache.writer import sample_stats  # noqa: E402
+from babylm_ds.config import Distill  # noqa: E402
 from babylm_ds.losses import TAIL_MODES  # noqa: E402
 from babylm_ds.models import build_model, count_parameters  # noqa: E402
-from babylm_ds.config import Distill  # noqa: E402
 from babylm_ds.training.distill import offline_loss, online_loss  # noqa: E402
 
 

@@ -5,8 +5,9 @@
 
 Re-running the same command resumes: verified shards are kept, anything else is redone.
 """
-import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
+import _preamble  # first: see launchers/_preamble.py
 
+# isort: split
 import os
 import sys
 
@@ -20,8 +21,15 @@ def main(argv=None):
     c, teachers, out = cfg.cache, cfg.distill.teachers, cfg.run.out
     import torch
 
-    from babylm_ds.cache import (check_teacher, claim_cache, combined_logits, load_teachers, normalise_weights,
-                                 teacher_info, write_cache)
+    from babylm_ds.cache import (
+        check_teacher,
+        claim_cache,
+        combined_logits,
+        load_teachers,
+        normalise_weights,
+        teacher_info,
+        write_cache,
+    )
     from babylm_ds.cache.format import id_dtype
     from babylm_ds.data import PackedDataset, load_meta, verify_data
     from babylm_ds.training.dist import agree, init_distributed

@@ -15,9 +15,9 @@ import torch
 
 from babylm_ds.cache import TeacherCache, verify
 from babylm_ds.config import Distill, parse
-from babylm_ds.training.distill import check_distill_args, distill, online_loss
 from babylm_ds.models.manifest import write_manifest
 from babylm_ds.training.dist import free_port
+from babylm_ds.training.distill import check_distill_args, distill, online_loss
 from babylm_ds.utils.io import sha256_file
 from launch import HANG_S, LAUNCH_ENV, ROOT, read_metrics
 
@@ -68,9 +68,9 @@ def micro(tiny_data_dir, tmp_path_factory):
 
 
 def test_cache_launcher_matches_teachers(micro, tiny_data_dir):
-    import babylm_ds.models  # noqa: F401
     from transformers import AutoModelForCausalLM
 
+    import babylm_ds.models  # noqa: F401
     from babylm_ds.data import PackedDataset
     assert verify(str(micro["cache"])) == []
     cache = TeacherCache(micro["cache"])

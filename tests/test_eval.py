@@ -11,9 +11,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from babylm_ds.evaluation import evaluate_model, load_tasks, read_benchmark, score_texts
 from babylm_ds import cli as babylm_cli
-from babylm_ds.evaluation import cli as eval_cli
+from babylm_ds.evaluation import cli as eval_cli, evaluate_model, load_tasks, read_benchmark, score_texts
 from babylm_ds.evaluation.generate import generate
 
 WORDS = ["<pad>", "<s>", "</s>", "<unk>", "the", "cat", "dog", "sleeps", "runs", "A", "B", ":"]

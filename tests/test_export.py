@@ -15,8 +15,7 @@ import torch
 from packaging.requirements import Requirement
 
 from babylm_ds.data.tokenizer import load_tokenizer, train_tokenizer
-from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM, BabyLSTMConfig, BabyLSTMForCausalLM
-from babylm_ds.models import hf_compat
+from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM, BabyLSTMConfig, BabyLSTMForCausalLM, hf_compat
 from babylm_ds.models.card import CARD_FILES, update_scores
 from babylm_ds.models.registry import family_names, load_family
 from babylm_ds.models.remote_code import generate

@@ -10,7 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import (
-    AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM,
+    AutoModelForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
 )
 
 from babylm_ds import cli as babylm_cli
@@ -19,7 +23,10 @@ from babylm_ds.evaluation.finetune import encode
 from babylm_ds.evaluation.glue import TASKS, read_split
 from babylm_ds.evaluation.load import load_classifier
 from babylm_ds.models import (
-    BabyHGRNConfig, BabyHGRNForCausalLM, BabyHGRNForSequenceClassification, BabyLSTMConfig,
+    BabyHGRNConfig,
+    BabyHGRNForCausalLM,
+    BabyHGRNForSequenceClassification,
+    BabyLSTMConfig,
     BabyLSTMForSequenceClassification,
 )
 from babylm_ds.training.trainer import export_hf

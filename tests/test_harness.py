@@ -5,8 +5,7 @@ import os
 import pytest
 import torch
 
-from babylm_ds.evaluation import cli as eval_cli
-from babylm_ds.evaluation import load_tasks, read_benchmark, score_texts
+from babylm_ds.evaluation import cli as eval_cli, load_tasks, read_benchmark, score_texts
 from babylm_ds.evaluation.harness import TASK_DIR, evaluate_harness, task_files
 from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM
 from babylm_ds.training.trainer import export_hf

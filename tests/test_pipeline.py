@@ -67,6 +67,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
 
     # DeepSpeed checkpoints load like the exported model, with or without final/ (then via config.yaml)
     import torch
+
     from babylm_ds.evaluation import load_model
     x = torch.randint(3, 500, (2, 12))
     kd = out / "runs" / "student-kd-s0"

@@ -45,8 +45,9 @@ def teacher_info(path, weight):
 
 def load_teacher(path, device="cpu", dtype=torch.float32):
     """An HF causal LM in eval mode with requires_grad False (no optimizer state is ever made for it)."""
-    import babylm_ds.models  # noqa: F401  registers BabyHGRN with the Auto classes
     from transformers import AutoModelForCausalLM
+
+    import babylm_ds.models  # noqa: F401  registers BabyHGRN with the Auto classes
     with loading(path):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     model.requires_grad_(False)

@@ -65,8 +65,9 @@ def load_model(path, device="cpu", dtype=None, verify=True):
     Verified: an HF dir against its manifest.json, a checkpoint against its checksums.json (models.manifest);
     any error of the libraries while loading is one line (a ValueError).
     """
-    import babylm_ds.models  # noqa: F401  (registers BabyHGRN with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import babylm_ds.models  # noqa: F401  (registers BabyHGRN with the Auto classes)
 
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
@@ -106,10 +107,11 @@ def load_model(path, device="cpu", dtype=None, verify=True):
 def load_classifier(path, num_labels, device="cpu", verify=True):
     """(model, tokenizer) to fine-tune: the HF model dir `path` (or `path/final`) in fp32 with a new
     `num_labels`-way head (`AutoModelForSequenceClassification`); verified and loaded as by `load_model`."""
-    import babylm_ds.models  # noqa: F401  (registers the project's families)
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
     from transformers.utils import logging
+
+    import babylm_ds.models  # noqa: F401  (registers the project's families)
 
     path = os.path.abspath(os.fspath(path))
     hf_dir = path if _has(path, "config.json") else os.path.join(path, "final")

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 
-from babylm_ds.evaluation import report as eval_report
-from babylm_ds.evaluation import stats
+from babylm_ds.evaluation import report as eval_report, stats
 from babylm_ds.evaluation.glue import TASKS as GLUE
 from babylm_ds.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 

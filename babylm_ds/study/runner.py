@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from babylm_ds.config import Config, to_argv, updated
 from babylm_ds.study.spec import run_values, student_runs, sweep_runs
-from babylm_ds.training.jobs import JobError, ROOT, job_env, launch_cmd, run_cmd, run_stage, verify_run
+from babylm_ds.training.jobs import ROOT, JobError, job_env, launch_cmd, run_cmd, run_stage, verify_run
 from babylm_ds.utils.io import atomic_write_json, sha256_file
 
 PHASES = ("prepare", "train", "distill", "eval", "report")

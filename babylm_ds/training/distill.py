@@ -11,8 +11,7 @@ reader is stateless given a batch's idx, so resume needs nothing more. The recip
 import torch
 import torch.distributed as dist
 
-from babylm_ds.cache import (TeacherCache, check_teacher, combined_logits, load_teachers, normalise_weights,
-                             teacher_info)
+from babylm_ds.cache import TeacherCache, check_teacher, combined_logits, load_teachers, normalise_weights, teacher_info
 from babylm_ds.losses import hidden_mse, kd_loss, kd_loss_full
 from babylm_ds.training.config import build_ds_config
 

@@ -35,7 +35,7 @@ def _debug():
     return os.environ.get("BABYLM_DS_DEBUG") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _selfcheck(name, device, dtype, H, K, V):
     """(ok, reason): run backend `name` forward + backward once on a small input with this head
     layout (compiling its kernels) and compare with the torch backend; lets auto skip a broken setup."""

@@ -23,7 +23,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_selfcheck(device, dtype):
     """Run the CUDA kernels once per device and dtype (forward and all gradients) against the float64
     per-step oracle on the same (rounded) inputs, synchronizing before reading anything back so that an
