@@ -74,7 +74,8 @@ def test_eval_cli_harness_and_lm_eval_hf_loader_on_export(student, tmp_path, mon
 
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
     got = lm_eval.simple_evaluate("hf", f"pretrained={out},trust_remote_code=True,dtype=float32",
-                                  ["babylm_blimp_adjunct_island", "babylm_ewok_agent-properties"], limit=8, batch_size=8, device="cpu",
+                                  ["babylm_blimp_adjunct_island", "babylm_ewok_agent-properties"],
+                                  limit=8, batch_size=8, device="cpu",
                                   task_manager=TaskManager(include_path=TASK_DIR, include_defaults=False),
                                   bootstrap_iters=0, log_samples=False)
     assert got["results"]["babylm_blimp_adjunct_island"]["acc,none"] == plain["blimp"]["paradigms"]["adjunct_island"]
@@ -115,7 +116,8 @@ def test_babylm_pipeline_loader_and_predictions(student, tmp_path):
         assert [p["id"] for p in preds] == [f"{paradigm}_{i}" for i in range(len(rows))]
         right = [p["pred"].strip() == row[key].strip() for p, row in zip(preds, rows)]
         assert right == decisions[bench][paradigm]
-    report = (tmp_path / "results/final/main/zero_shot/causal/ewok/ewok_filtered/best_temperature_report.txt").read_text()
+    report = (tmp_path / "results/final/main/zero_shot/causal/ewok/ewok_filtered"
+              / "best_temperature_report.txt").read_text()
     acc = 100 * sum(decisions["ewok"]["physical-dynamics"]) / 120
     assert f"physical-dynamics: {acc:.2f}" in report
     with pytest.raises(ValueError, match="without --limit|every item"):

@@ -32,7 +32,8 @@ def test_warp_mma_matches_matmul_of_rounded_operands(mode, src):
     from babylm_ds import _C
 
     gen = torch.Generator().manual_seed(1)
-    a, b = torch.randn(16, 32, generator=gen, dtype=torch.float64), torch.randn(32, 48, generator=gen, dtype=torch.float64)
+    a = torch.randn(16, 32, generator=gen, dtype=torch.float64)
+    b = torch.randn(32, 48, generator=gen, dtype=torch.float64)
     if mode != "fp64":
         a, b = a.float().double(), b.float().double()
     d = _C.hgrn2_tile_gemm(a, b, mode, src)

@@ -23,7 +23,9 @@ DATASETS = {"blimp": ("blimp", "blimp_filtered"), "supplement": ("blimp", "suppl
 
 
 def _completions(bench, row):
-    return (" " + row["Target1"], " " + row["Target2"]) if bench == "ewok" else (row["sentence_good"], row["sentence_bad"])
+    if bench == "ewok":
+        return " " + row["Target1"], " " + row["Target2"]
+    return row["sentence_good"], row["sentence_bad"]
 
 
 def _report(accuracy):

@@ -56,7 +56,8 @@ def _group(name, members):
 def task_files(data_dir=None, delimiter='""'):
     """{file name: YAML text} of every task and group, for the paradigms found in `data_dir`
     (`delimiter`: lm-eval's target_delimiter as YAML; lm-eval's stock BLiMP uses " ")."""
-    files = {"_babylm_template_yaml": TEMPLATE.format(delimiter=delimiter), "babylm.yaml": _group("babylm", [task_name(b) for b in BENCHMARKS])}
+    files = {"_babylm_template_yaml": TEMPLATE.format(delimiter=delimiter),
+             "babylm.yaml": _group("babylm", [task_name(b) for b in BENCHMARKS])}
     for bench in BENCHMARKS:
         paradigms = sorted(read_benchmark(bench, data_dir))
         files[f"{task_name(bench)}.yaml"] = _group(task_name(bench), [task_name(bench, p) for p in paradigms])

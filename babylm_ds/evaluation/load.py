@@ -38,7 +38,8 @@ def _empty_model(ckpt_dir):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if cfg_dir := _find_up(ckpt_dir, "config.json"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg_dir)), _find_up(ckpt_dir, "tokenizer_config.json")
+        return (AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg_dir)),
+                _find_up(ckpt_dir, "tokenizer_config.json"))
     run_dir = _find_up(ckpt_dir, "config.yaml")
     if run_dir is None:
         return None, None
@@ -84,18 +85,21 @@ def load_model(path, device="cpu", dtype=None, verify=True):
             model, tok_dir = _empty_model(found[0]) if found else (None, None)
         if model is None:
             raise ValueError(f"{path} is neither an HF model dir (config.json) nor a DeepSpeed checkpoint "
-                             "(a dir with `latest`, or a tag dir with *model_states.pt) of a run with config.json or config.yaml")
+                             "(a dir with `latest`, or a tag dir with *model_states.pt) of a run with config.json "
+                             "or config.yaml")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         verify_model_dir(os.path.join(*found), verify, CHECKSUMS)
         with loading(path):
             state = get_fp32_state_dict_from_zero_checkpoint(found[0], tag=found[1])
-        missing, unexpected = model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=False)
+        missing, unexpected = model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()},
+                                                    strict=False)
         if getattr(model.config, "tie_word_embeddings", False):
             missing = [k for k in missing if k != "lm_head.weight"]
         unexpected = [k for k in unexpected if not k.startswith("kd_proj.")]  # distillation-only projections
         if missing or unexpected:
-            raise ValueError(f"checkpoint {path} does not match its model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(f"checkpoint {path} does not match its model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
         model.tie_weights()
     if tok_dir is None:
         raise ValueError(f"no tokenizer (tokenizer_config.json) found with {path}")
@@ -125,7 +129,8 @@ def load_classifier(path, num_labels, device="cpu", verify=True):
         config = AutoConfig.from_pretrained(hf_dir)
     if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
         raise ValueError(f"{hf_dir}: transformers has no sequence-classification class for model_type "
-                         f"{config.model_type!r} (Mamba has none); fine-tune a BabyHGRN, BabyLSTM, Llama or GPT-2 model")
+                         f"{config.model_type!r} (Mamba has none); "
+                         "fine-tune a BabyHGRN, BabyLSTM, Llama or GPT-2 model")
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the new head's "newly initialized" report
     try:

@@ -108,7 +108,8 @@ def demo_spec(values):
         elif path == "run.seed":
             raw["seeds"] = [value]
         elif path.startswith("finetune."):
-            raw["evaluation"]["finetune"] = {**(raw["evaluation"].get("finetune") or {}), path[len("finetune."):]: value}
+            raw["evaluation"]["finetune"] = {**(raw["evaluation"].get("finetune") or {}),
+                                             path[len("finetune."):]: value}
         elif not scope and path in where:
             section, key = where[path]
             if path in ("run.ds_config", "data.corpus") and value:

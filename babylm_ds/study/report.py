@@ -99,8 +99,9 @@ def finetune_table(runs):
     """Markdown: every fine-tuning score of every fine-tuned run (`runs`: {run: {task: result}})."""
     lines = ["| run | task | accuracy | F1 | MCC | majority | train / valid | epochs (kept) | seconds |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {t} | {100 * r['accuracy']:.1f} | {100 * r['f1']:.1f} | {r['mcc']:.3f} | {100 * r['majority']:.1f} "
-              f"| {r['n_train']} / {r['n_valid']} | {r['epochs']} ({r['best_epoch']}) | {r['seconds']} |"
+    lines += [f"| {n} | {t} | {100 * r['accuracy']:.1f} | {100 * r['f1']:.1f} | {r['mcc']:.3f} "
+              f"| {100 * r['majority']:.1f} | {r['n_train']} / {r['n_valid']} | {r['epochs']} ({r['best_epoch']}) "
+              f"| {r['seconds']} |"
               for n, tasks in runs.items() for t, r in tasks.items()]
     return "\n".join(lines) + "\n"
 
@@ -135,8 +136,10 @@ def markdown(spec, res):
     lines = [f"# Study `{res['name']}`", "",
              f"Learning rates per architecture: {lrs}; {len(spec['seeds'])} seed(s); {steps} of "
              f"{spec['data']['seq_len']}-token sequences. The lr of each architecture is selected on final dev loss "
-             "(never on the benchmarks below); students train at their architecture's selected lr for the same steps.",
-             "", "## Learning-rate sweep (final dev loss; * selected)", "", "| run | lr | dev loss |", "|---|---:|---:|"]
+             "(never on the benchmarks below); students train at their architecture's selected lr for the "
+             "same steps.",
+             "", "## Learning-rate sweep (final dev loss; * selected)", "",
+             "| run | lr | dev loss |", "|---|---:|---:|"]
     for name, r in res["sweep"].items():
         lines.append(f"| {name} | {r['lr']:g} | {r['dev_loss']:.4f}{' *' if r['selected'] else ''} |")
     lines += ["", f"## Final scores (%, 95% bootstrap interval over items"
@@ -144,8 +147,8 @@ def markdown(spec, res):
               "| model | params | " + " | ".join(_header(r, res["final"]) for r in rows) + " |",
               "|---|---:|" + "---:|" * len(rows)]
     for group, f in res["final"].items():
-        lines.append(f"| {group} | {f['params'] / 1e6:.2f}M | " + " | ".join(_fmt(r, f[r]["value"], f[r]["ci95"]) if r in f else "-"
-                                                   for r in rows) + " |")
+        lines.append(f"| {group} | {f['params'] / 1e6:.2f}M | "
+                     + " | ".join(_fmt(r, f[r]["value"], f[r]["ci95"]) if r in f else "-" for r in rows) + " |")
     lines += ["", "## Paired differences (same items; 95% bootstrap interval)", "",
               "| comparison | " + " | ".join(_header(r, {}) for r in rows) + " |",
               "|---|" + "---:|" * len(rows)]
@@ -154,7 +157,8 @@ def markdown(spec, res):
                                                  for r in rows) + " |")
     lines += ["", f"## Every score (%, {items})", "", res["scores"].rstrip("\n")]
     if res["finetune"]:
-        lines += ["", "## Fine-tuning (%, valid split; MCC in [-1, 1])", "", finetune_table(res["finetune"]).rstrip("\n")]
+        lines += ["", "## Fine-tuning (%, valid split; MCC in [-1, 1])", "",
+                  finetune_table(res["finetune"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

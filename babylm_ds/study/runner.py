@@ -32,8 +32,8 @@ def select_lr(spec, dev_loss):
     Selection never looks at the zero-shot benchmarks that the study reports."""
     best = {}
     for arch, a in spec["architectures"].items():
-        mean = {lr: sum(dev_loss[r.name] for r in sweep_runs(spec) if r.arch == arch and r.lr == lr) / len(spec["seeds"])
-                for lr in a["lrs"]}
+        runs = [r for r in sweep_runs(spec) if r.arch == arch]
+        mean = {lr: sum(dev_loss[r.name] for r in runs if r.lr == lr) / len(spec["seeds"]) for lr in a["lrs"]}
         finite = {lr: v for lr, v in mean.items() if math.isfinite(v)}
         if not finite:
             raise JobError(f"every learning rate of architecture {arch!r} diverged (dev loss {mean}); lower them")
@@ -259,7 +259,8 @@ class Study:
         from babylm_ds.models import count_parameters
 
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(os.path.join(self.run_dir(run), "final")))
+            hf_config = AutoConfig.from_pretrained(os.path.join(self.run_dir(run), "final"))
+            model = AutoModelForCausalLM.from_config(hf_config)
         return count_parameters(model)
 
     # --- the study -----------------------------------------------------------------------------
@@ -316,7 +317,8 @@ class Study:
                                                            f"fine-tuning of {r.name}")["tasks"]
             summaries.update({r.name: _read_json(os.path.join(self.run_dir(r), "summary.json"), f"run {r.name}")
                               for r in students if r.name not in summaries})
-            params = {arch: self.params(next(r for r in sweep if r.arch == arch)) for arch in self.spec["architectures"]}
+            params = {arch: self.params(next(r for r in sweep if r.arch == arch))
+                      for arch in self.spec["architectures"]}
             result = report.build(self.spec, {r.name: self.steps(r) for r in sweep + students}, sweep, students, best,
                                   summaries, evals, {r.name: os.path.join(self.run_dir(r), "metrics.jsonl")
                                                      for r in sweep + students}, params)
