@@ -281,7 +281,8 @@ class Suite:
             corrupt = missing = duplicated = 0
             if ok:
                 cache = TeacherCache(out)
-                duplicated = sum(1 for a, b in zip(cache.shards, cache.shards[1:]) if b["start"] < a["end"])
+                duplicated = sum(1 for a, b in zip(cache.shards, cache.shards[1:], strict=False)
+                                 if b["start"] < a["end"])
                 for j in range(len(ref_cache)):
                     if not any(s["start"] <= j < s["end"] for s in cache.shards):
                         missing += 1

@@ -45,7 +45,7 @@ def main(argv=None):
         check_teacher(path, meta, verify=not cfg.model.no_verify)
     dataset = PackedDataset(cfg.data.dir, "train")
     config = {
-        "teachers": [teacher_info(path, w) for path, w in zip(teachers, weights)],
+        "teachers": [teacher_info(path, w) for path, w in zip(teachers, weights, strict=True)],
         "combine": "weighted mean of raw logits",
         "tokenizer_hash": meta["tokenizer_hash"], "fingerprint": meta["fingerprint"], "seq_len": meta["seq_len"],
         "vocab_size": vocab, "split": "train", "num_sequences": len(dataset), "k": c.k,

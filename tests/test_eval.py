@@ -146,7 +146,7 @@ def test_scorer_matches_plain_transformers_loop(tiny_llama):
     texts = [("", "Who should Derek hug after shocking Richard?"), ("", "A: Should you quit?\nB: No."),
              ("The cup fell.", " It broke."), ("", "Hi"), ("The boys that the girl sees are tall.", " Yes")]
     got = score_texts(model, tok, texts, batch_size=2)
-    for (prefix, cont), s in zip(texts, got):
+    for (prefix, cont), s in zip(texts, got, strict=True):
         p = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
         ids = torch.tensor([[tok.bos_token_id] + p + tok(cont, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():

@@ -46,10 +46,10 @@ def test_harness_equals_babylm_eval_item_for_item(student):
         bench, paradigm = key.split("/")
         good = score_texts(model, tokenizer, [p[:2] for p in pairs[bench][paradigm]])
         bad = score_texts(model, tokenizer, [p[2:] for p in pairs[bench][paradigm]])
-        assert [r for r, _, _ in got] == [int(g >= b) for g, b in zip(good, bad)], key
+        assert [r for r, _, _ in got] == [int(g >= b) for g, b in zip(good, bad, strict=True)], key
         # same strings, same BOS conditioning: the log-likelihoods agree to float rounding
-        torch.testing.assert_close(torch.tensor([(g, b) for _, g, b in got]), torch.tensor(list(zip(good, bad))),
-                                   rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(torch.tensor([(g, b) for _, g, b in got]),
+                                   torch.tensor(list(zip(good, bad, strict=True))), rtol=1e-5, atol=1e-4)
     assert result["ewok"]["pairs"] == 40 and result["macro"] == pytest.approx(
         sum(result[b]["mean"] for b in ("blimp", "supplement", "ewok")) / 3)
 
@@ -114,7 +114,7 @@ def test_babylm_pipeline_loader_and_predictions(student, tmp_path):
         preds = json.load(open(path))[paradigm]["predictions"]
         rows = read_benchmark(bench)[paradigm]
         assert [p["id"] for p in preds] == [f"{paradigm}_{i}" for i in range(len(rows))]
-        right = [p["pred"].strip() == row[key].strip() for p, row in zip(preds, rows)]
+        right = [p["pred"].strip() == row[key].strip() for p, row in zip(preds, rows, strict=True)]
         assert right == decisions[bench][paradigm]
     report = (tmp_path / "results/final/main/zero_shot/causal/ewok/ewok_filtered"
               / "best_temperature_report.txt").read_text()

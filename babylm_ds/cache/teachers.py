@@ -57,7 +57,7 @@ def load_teacher(path, device="cpu", dtype=torch.float32):
 def load_teachers(paths, vocab_size, device="cpu", dtype=torch.float32):
     """load_teacher for each path; exits naming the first teacher whose vocab_size differs."""
     teachers = [load_teacher(p, device, dtype) for p in paths]
-    for path, t in zip(paths, teachers):
+    for path, t in zip(paths, teachers, strict=True):
         if t.config.vocab_size != vocab_size:
             raise SystemExit(f"error: teacher {path} has vocab_size {t.config.vocab_size}, expected {vocab_size}")
     return teachers
@@ -77,7 +77,7 @@ def combined_logits(teachers, weights, input_ids, output_hidden_states=False):
     With `output_hidden_states`, also returns each teacher's tuple of hidden states.
     """
     total, hidden = None, []
-    for teacher, w in zip(teachers, weights):
+    for teacher, w in zip(teachers, weights, strict=True):
         out = teacher(input_ids=input_ids, output_hidden_states=output_hidden_states, use_cache=False)
         logits = out.logits.float()
         if total is not None and logits.shape[-1] != total.shape[-1]:

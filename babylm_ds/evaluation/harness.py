@@ -137,11 +137,11 @@ def compare(model_dir, limit=None, delimiter='""', batch_size=64):
     for key, rows in items.items():
         bench, paradigm = key.split("/", 1)
         n += len(rows)
-        differ += sum(bool(r[0]) != right for r, right in zip(rows, ours[bench][paradigm]))
+        differ += sum(bool(r[0]) != right for r, right in zip(rows, ours[bench][paradigm], strict=False))
         scores = score_texts(model, tokenizer, [p[:2] for p in pairs[bench][paradigm]] +
                              [p[2:] for p in pairs[bench][paradigm]], batch_size)
         got = [r[1] for r in rows] + [r[2] for r in rows]
-        gap = max([gap] + [abs(a - b) for a, b in zip(got, scores)])
+        gap = max([gap] + [abs(a - b) for a, b in zip(got, scores, strict=False)])
     return n, differ, gap
 
 

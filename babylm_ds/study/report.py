@@ -176,7 +176,7 @@ def plot(path, res):
         for name in shown:
             pts = res["curves"][name].get(key, [])
             if pts:
-                xs, ys = zip(*pts)
+                xs, ys = zip(*pts, strict=True)
                 ys = [100 * y for y in ys] if key != "loss" else ys
                 ax.plot(xs, ys, marker="o", label=name)
                 ax.annotate(f"{ys[-1]:.1f}" if key != "loss" else f"{ys[-1]:.3f}", (xs[-1], ys[-1]), fontsize=7)
@@ -189,7 +189,7 @@ def plot(path, res):
     archs = sorted({r["arch"] for r in res["sweep"].values()})
     for arch in archs:
         pts = sorted((r["lr"], r["dev_loss"]) for r in res["sweep"].values() if r["arch"] == arch)
-        axes[2].plot(*zip(*pts), marker="o", label=f"{arch} (selected {res['selected_lr'][arch]:g})")
+        axes[2].plot(*zip(*pts, strict=True), marker="o", label=f"{arch} (selected {res['selected_lr'][arch]:g})")
     axes[2].set_xscale("log")
     axes[2].set_xlabel("learning rate")
     axes[2].set_ylabel("final dev loss")

@@ -294,18 +294,18 @@ class Study:
         sweep = sweep_runs(self.spec)
         summaries = dict(zip([r.name for r in sweep], self._pool(self.train, sweep) if "train" in phases else
                              [_read_json(os.path.join(self.run_dir(r), "summary.json"), f"run {r.name}")
-                              for r in sweep]))
+                              for r in sweep], strict=True))
         best = select_lr(self.spec, {name: s["dev_loss"] for name, s in summaries.items()})
         print("selected on dev loss: " + ", ".join(f"{a} lr={lr:g}" for a, lr in best.items()), flush=True)
         students = student_runs(self.spec, best)
         if "distill" in phases:
             summaries.update(zip([r.name for r in students],
-                                 self._pool(lambda r, slot: self.distil(r, slot, best), students)))
+                                 self._pool(lambda r, slot: self.distil(r, slot, best), students), strict=True))
         finals = [r for r in sweep if r.lr == best[r.arch]] + students
         tuned = self.tuned(finals)
         if "eval" in phases:
-            evals = dict(zip([r.name for r in finals], self._pool(self.evaluate, finals)))
-            for r, tasks in zip(tuned, self._pool(self.finetune, tuned)):
+            evals = dict(zip([r.name for r in finals], self._pool(self.evaluate, finals), strict=True))
+            for r, tasks in zip(tuned, self._pool(self.finetune, tuned), strict=True):
                 evals[r.name]["finetune"] = tasks
         result = None
         if "report" in phases:

@@ -83,7 +83,7 @@ def shard_teachers(teachers, paths, ds_config):
                                       "train_batch_size")}
     tcfg.update(zero_optimization={"stage": 3}, bf16=ds_config.get("bf16", {"enabled": False}), steps_per_print=10**9)
     engines = [deepspeed.initialize(model=t, config=tcfg)[0] for t in teachers]
-    for path, engine in zip(paths, engines):
+    for path, engine in zip(paths, engines, strict=True):
         engine.eval()  # DeepSpeedEngine.eval() returns None
         held = sum(p.ds_tensor.numel() for p in engine.module.parameters())
         total = sum(p.ds_numel for p in engine.module.parameters())
@@ -128,7 +128,7 @@ def card_facts(d, cache):
         teachers, k = cache.config["teachers"], cache.config["k"]
     else:
         weights = normalise_weights(d.teacher_weights, len(d.teachers))
-        teachers, k = [teacher_info(p, w) for p, w in zip(d.teachers, weights)], None
+        teachers, k = [teacher_info(p, w) for p, w in zip(d.teachers, weights, strict=True)], None
     return {"distillation": {"teachers": [{key: t[key] for key in ("name", "model_type", "weight")} for t in teachers],
                              "k": k, "alpha": d.alpha, "temperature": d.temperature}}
 

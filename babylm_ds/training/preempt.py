@@ -104,7 +104,7 @@ def requested(step=None):
         if dist.get_backend() == "nccl":
             flags = flags.cuda()
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    hit = [s for s, f in zip(SIGNALS, flags.tolist()) if f]
+    hit = [s for s, f in zip(SIGNALS, flags.tolist(), strict=True) if f]
     return _name(hit[0]) if hit else None
 
 
@@ -154,7 +154,8 @@ def _watch_launchers(ancestors):
 
     def intact():
         with contextlib.suppress(psutil.Error):
-            return all(psutil.Process(child).ppid() == parent for child, parent in zip([os.getpid(), *pids], pids))
+            return all(psutil.Process(child).ppid() == parent
+                       for child, parent in zip([os.getpid(), *pids], pids, strict=False))  # pids: one fewer
         return False
 
     if not intact():

@@ -241,12 +241,12 @@ class Trainer:
             self.watchdog.beat()
             names = names or sorted(metrics)
             values = [float(metrics[k]) for k in names]
-            sums = values if sums is None else [a + b for a, b in zip(sums, values)]
+            sums = values if sums is None else [a + b for a, b in zip(sums, values, strict=True)]
             total += loss.item()
         stats = torch.tensor([total, *sums], dtype=torch.float64)
         dist.all_reduce(stats)
         stats = (stats / (self.world * self.accum)).tolist()
-        return stats[0], dict(zip(names, stats[1:]))
+        return stats[0], dict(zip(names, stats[1:], strict=True))
 
     # --- evaluation and checkpoints (called by the callbacks) ---------------------------------
     @torch.no_grad()
