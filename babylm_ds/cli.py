@@ -8,7 +8,8 @@ COMMANDS = {
     "prepare": ("babylm_ds.data.cli", "prepare a corpus: clean, tokenizer, pack"),
     "cache": ("babylm_ds.cache.cli", "teacher-logit cache tools (verify, info)"),
     "eval": ("babylm_ds.evaluation.cli", "zero-shot BLiMP / supplement / EWoK, the BEAR probe, perplexity"),
-    "finetune": ("babylm_ds.evaluation.finetune", "fine-tune on (Super)GLUE tasks (RTE, WSC, ...) as the BabyLM pipeline"),
+    "finetune": ("babylm_ds.evaluation.finetune",
+                 "fine-tune on (Super)GLUE tasks (RTE, WSC, ...) as the BabyLM pipeline"),
     "generate": ("babylm_ds.evaluation.generate", "sample text from a trained model"),
     "study": ("babylm_ds.study.cli", "architectures x learning rates x seeds, KD students, evaluated per epoch"),
 }

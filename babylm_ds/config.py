@@ -149,8 +149,10 @@ class Evaluation:
 
 @dataclass
 class Finetune:
-    """(Super)GLUE fine-tuning of a final model (`babylm-ds finetune`, a study's `evaluation.finetune`), as BabyLM 2025's."""
-    tasks: str | None = "rte,wsc"  # comma list of boolq, mnli, mrpc, multirc, qqp, rte, wsc (a study: none, no fine-tuning)
+    """(Super)GLUE fine-tuning of a final model (`babylm-ds finetune`, a study's `evaluation.finetune`),
+    as BabyLM 2025's."""
+    tasks: str | None = "rte,wsc"  # comma list of boolq, mnli, mrpc, multirc, qqp, rte, wsc
+    # (a study: none, no fine-tuning)
     data_dir: str | None = None
     # eval data with glue_filtered/ (default: the embedded data/eval, rte and wsc; BabyLM's evaluation_data for all)
     max_train: int | None = None  # first N training examples per task (default: all)
@@ -282,8 +284,8 @@ def check_value(path, value):
               isinstance(item, (int, float)) and not isinstance(item, bool) if base is float else
               isinstance(item, int) and not isinstance(item, bool) if base is int else isinstance(item, base))
         if not ok or choices and item not in choices:
-            want = f"one of {', '.join(choices)}" if choices else {int: "an integer", float: "a number", str: "a string",
-                                                                     bool: "true or false"}[base]
+            kinds = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+            want = f"one of {', '.join(choices)}" if choices else kinds[base]
             raise ValueError(f"must be {want}, got {item!r}")
 
 
@@ -415,7 +417,7 @@ def build_parser(command, description=None, **kwargs):
         section = path.split(".")[0]
         if section not in groups:
             cls = dict((f.name, f.default_factory) for f in dataclasses.fields(Config))[section]
-            groups[section] = p.add_argument_group(section, (cls.__doc__ or "").strip())
+            groups[section] = p.add_argument_group(section, " ".join((cls.__doc__ or "").split()))  # one paragraph
         names = [*(names or FIELDS[path].flags), *ALIASES.get(command, {}).get(path, ())]
         add_field(groups[section], FIELDS[path], names, required=path in required)
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration (YAML) and exit")

@@ -23,9 +23,9 @@ sys.path.insert(0, ROOT)
 from babylm_ds.cache import TeacherCache, combined_logits, load_teacher, teacher_info, write_cache  # noqa: E402
 from babylm_ds.cache.format import id_dtype  # noqa: E402
 from babylm_ds.cache.writer import sample_stats  # noqa: E402
+from babylm_ds.config import Distill  # noqa: E402
 from babylm_ds.losses import TAIL_MODES  # noqa: E402
 from babylm_ds.models import build_model, count_parameters  # noqa: E402
-from babylm_ds.config import Distill  # noqa: E402
 from babylm_ds.training.distill import offline_loss, online_loss  # noqa: E402
 
 
@@ -33,7 +33,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="prepared data dir (default: a small one built in a temp dir)")
     p.add_argument("--teachers", nargs="+", default=None,
-                   help="teacher HF dirs (default: random-init llama-tiny + gpt2-tiny; speed does not depend on training)")
+                   help="teacher HF dirs (default: random-init llama-tiny + gpt2-tiny; "
+                        "speed does not depend on training)")
     p.add_argument("--student", default="llama-tiny")
     p.add_argument("--student-config", nargs="*", default=["hidden_size=32", "num_hidden_layers=2",
                    "intermediate_size=64", "num_attention_heads=2", "num_key_value_heads=2"])
@@ -124,7 +125,8 @@ def main(argv=None):
 
     g = torch.Generator().manual_seed(0)
     idx_batches = [torch.randint(0, n, (args.micro_batch,), generator=g) for _ in range(64)]
-    batches = [{"input_ids": torch.stack([subset[int(i)]["input_ids"] for i in idx]), "idx": idx} for idx in idx_batches]
+    batches = [{"input_ids": torch.stack([subset[int(i)]["input_ids"] for i in idx]), "idx": idx}
+               for idx in idx_batches]
     cache = caches[args.k]
     t0 = time.perf_counter()
     for b in batches:
@@ -132,8 +134,8 @@ def main(argv=None):
     read_tps = len(batches) * args.micro_batch * meta["seq_len"] / (time.perf_counter() - t0)
 
     kd_args = Distill()  # alpha 0.5, T 2, per-token KL, uniform tail, no deep supervision
-    step_s = time_steps(student, {"offline": offline_loss(kd_args, cache),
-                                  "online": online_loss(kd_args, teachers, weights, [])}, batches, args.steps, args.device)
+    loss_fns = {"offline": offline_loss(kd_args, cache), "online": online_loss(kd_args, teachers, weights, [])}
+    step_s = time_steps(student, loss_fns, batches, args.steps, args.device)
     offline, online = step_s["offline"], step_s["online"]
     step_tokens = args.micro_batch * meta["seq_len"]
     result = {
@@ -159,12 +161,14 @@ def table(r):
              f"({r['teacher_params']:,} params, {r['teacher_to_student_params']:.1f}x), {r['device']}, "
              f"batch {r['micro_batch']}x{r['seq_len']}",
              "| mode | step (ms) | student tokens/s | ratio |", "|---|---|---|---|",
-             f"| offline (cache k={r['k']}) | {1e3 * r['offline_step_s']:.1f} | {r['offline_student_tokens_per_s']:,.0f} "
-             f"| {r['online_over_offline']:.2f}x faster |",
-             f"| online (teachers in process) | {1e3 * r['online_step_s']:.1f} | {r['online_student_tokens_per_s']:,.0f} | 1.00x |",
+             f"| offline (cache k={r['k']}) | {1e3 * r['offline_step_s']:.1f} "
+             f"| {r['offline_student_tokens_per_s']:,.0f} | {r['online_over_offline']:.2f}x faster |",
+             f"| online (teachers in process) | {1e3 * r['online_step_s']:.1f} "
+             f"| {r['online_student_tokens_per_s']:,.0f} | 1.00x |",
              f"cache read {r['cache_read_tokens_per_s']:,.0f} tokens/s = {r['read_over_consumption']:.1f}x what the "
              "offline student consumes", "",
-             "KL(teacher ‖ cached) nats/token: full vocab (tail spread uniformly) / over the k+1 categories the loss sees",
+             "KL(teacher ‖ cached) nats/token: full vocab (tail spread uniformly) / "
+             "over the k+1 categories the loss sees",
              "| k | bytes/token | write tokens/s | T=1 | T=2 uniform | T=2 flat | T=2 bucket |",
              "|---|---|---|---|---|---|---|"]
     for k, v in sorted(r["per_k"].items(), key=lambda kv: int(kv[0])):

@@ -281,7 +281,8 @@ class Suite:
             corrupt = missing = duplicated = 0
             if ok:
                 cache = TeacherCache(out)
-                duplicated = sum(1 for a, b in zip(cache.shards, cache.shards[1:]) if b["start"] < a["end"])
+                duplicated = sum(1 for a, b in zip(cache.shards, cache.shards[1:], strict=False)
+                                 if b["start"] < a["end"])
                 for j in range(len(ref_cache)):
                     if not any(s["start"] <= j < s["end"] for s in cache.shards):
                         missing += 1
@@ -501,8 +502,8 @@ class Suite:
         weights = truncated / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:-1000])
         self.bad("eval: model.safetensors truncated", [*evaluate, str(truncated)], keep=[truncated])
-        self.bad("eval --no-verify: truncated weights (the library's error)", [*evaluate, str(truncated), "--no-verify"],
-                 keep=[truncated])
+        self.bad("eval --no-verify: truncated weights (the library's error)",
+                 [*evaluate, str(truncated), "--no-verify"], keep=[truncated])
         self.bad("cache_logits: teacher weights truncated", [PY, script("cache_logits.py"), "--data", str(self.data),
                                                              "--teachers", str(truncated), "--out", str(new("ttrunc"))],
                  keep=[truncated])
@@ -615,8 +616,9 @@ def table(results):
                      f"{'YES' if r['trained'] else 'no'} | {'YES' if r['good_files_changed'] else 'no'} | {msg} |")
     if results["signals"]:
         lines += ["", "| signal trials | signal | trials | signalled | stopped after a step (signalled at -> saved) | "
-                  "stopped while starting | launcher died before any rank | finished first | 2nd signal during the save | "
-                  "one line | steps lost | corrupt | orphans | resumed | identical to reference |", "|" + "---|" * 15]
+                  "stopped while starting | launcher died before any rank | finished first | "
+                  "2nd signal during the save | one line | steps lost | corrupt | orphans | resumed | "
+                  "identical to reference |", "|" + "---|" * 15]
         for name, r in results["signals"].items():
             for sig in sorted({x["signal"] for x in r["trials"]}, key=lambda s: getattr(signal, s)):
                 t = [{**x, "stopped": stop_kind(x)} for x in r["trials"] if x["signal"] == sig]
@@ -628,10 +630,11 @@ def table(results):
                              f"{count('second_during_save')} | {count('one_line')}/"
                              f"{count('stopped', 'training') + count('stopped', 'starting')} | "
                              f"{sum(x['steps_lost'] for x in t)} | {sum(x['corrupt'] for x in t)} | "
-                             f"{sum(x['orphans'] for x in t)} | {count('resumed')} | {count('bit_identical')}/{len(t)} |")
+                             f"{sum(x['orphans'] for x in t)} | {count('resumed')} | "
+                             f"{count('bit_identical')}/{len(t)} |")
     if results["ranks"]:
-        lines += ["", "| rank 1 after step 2 | --dist-timeout s | exit | seconds to exit after the fault | whole job s | "
-                  "orphans | message |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| rank 1 after step 2 | --dist-timeout s | exit | seconds to exit after the fault | "
+                  "whole job s | orphans | message |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['rank 1']} | {r['dist_timeout']} | {r['exit']} | {r['seconds_to_exit']} | "
                   f"{r.get('job_seconds', '')} | {r['orphans']} | {r.get('message', '')} |" for r in results["ranks"]]
     return "\n".join(lines)
@@ -702,7 +705,8 @@ def main(argv=None):
                                          for r in res["kill"].values() for x in r["trials"]),
         "orphans": sum(x["orphans"] for r in [*res["kill"].values(), *res["signals"].values()] for x in r["trials"]),
         "signal_trials": sum(len(r["trials"]) for r in res["signals"].values()),
-        "signal_trials_not_identical": sum(not x["bit_identical"] for r in res["signals"].values() for x in r["trials"]),
+        "signal_trials_not_identical": sum(not x["bit_identical"]
+                                           for r in res["signals"].values() for x in r["trials"]),
         "signal_steps_lost": sum(x["steps_lost"] for r in res["signals"].values() for x in r["trials"]),
         "signal_corrupt": sum(x["corrupt"] for r in res["signals"].values() for x in r["trials"]),
         "signal_without_one_line": sum(not x["one_line"] and stop_kind(x) in ("training", "starting", "unexplained")

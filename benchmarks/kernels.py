@@ -237,12 +237,12 @@ def plot(rows, path, title):
 
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
-    for ax, shape in zip(axes[0], shapes):
+    for ax, shape in zip(axes[0], shapes, strict=True):
         sub = [r for r in rows if r["shape"] == shape]
         for name in dict.fromkeys(r["backend"] for r in sub):
             pts = [(r["T"], r["fwd_bwd_s"] * 1e3) for r in sub if r["backend"] == name and r["fwd_bwd_s"]]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
+                ax.plot(*zip(*pts, strict=True), marker="o", label=name)
         ax.set(xscale="log", yscale="log", xlabel="T", ylabel="forward+backward time (ms)", title=shape)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()

@@ -56,7 +56,8 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in dict.fromkeys((r["pair"], r["family"]) for r in rows):
         pts = [(r["seq_len"], r["tokens_per_s"]) for r in rows if (r["pair"], r["family"]) == key]
-        ax.plot(*zip(*pts), marker="o", ls="-" if key[1] == "llama" else "--", label=f"{key[1]} ({key[0]})")
+        ax.plot(*zip(*pts, strict=True), marker="o", ls="-" if key[1] == "llama" else "--",
+                label=f"{key[1]} ({key[0]})")
     ax.set(xscale="log", xlabel="sequence length", ylabel="training tokens/s", ylim=(0, None))
     ax.set_xticks(sorted({r["seq_len"] for r in rows}), labels=sorted({r["seq_len"] for r in rows}))
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
@@ -114,7 +115,7 @@ def main(argv=None):
         ["cpu", info["cpu_isa"]] if "cpu_isa" in info else [])]))
     rows = []
     for pair in args.pairs:
-        for family, (preset, overrides) in zip(("llama", "babyhgrn"), PAIRS[pair]):
+        for family, (preset, overrides) in zip(("llama", "babyhgrn"), PAIRS[pair], strict=True):
             torch.manual_seed(0)
             model = models.build_model(preset, vocab_size=args.vocab_size, **overrides).to(device).train()
             for seq_len in args.seq_lens:

@@ -5,8 +5,9 @@
 
 Re-running the same command resumes: verified shards are kept, anything else is redone.
 """
-import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
+import _preamble  # first: see launchers/_preamble.py
 
+# isort: split
 import os
 import sys
 
@@ -20,8 +21,15 @@ def main(argv=None):
     c, teachers, out = cfg.cache, cfg.distill.teachers, cfg.run.out
     import torch
 
-    from babylm_ds.cache import (check_teacher, claim_cache, combined_logits, load_teachers, normalise_weights,
-                                 teacher_info, write_cache)
+    from babylm_ds.cache import (
+        check_teacher,
+        claim_cache,
+        combined_logits,
+        load_teachers,
+        normalise_weights,
+        teacher_info,
+        write_cache,
+    )
     from babylm_ds.cache.format import id_dtype
     from babylm_ds.data import PackedDataset, load_meta, verify_data
     from babylm_ds.training.dist import agree, init_distributed
@@ -37,7 +45,7 @@ def main(argv=None):
         check_teacher(path, meta, verify=not cfg.model.no_verify)
     dataset = PackedDataset(cfg.data.dir, "train")
     config = {
-        "teachers": [teacher_info(path, w) for path, w in zip(teachers, weights)],
+        "teachers": [teacher_info(path, w) for path, w in zip(teachers, weights, strict=True)],
         "combine": "weighted mean of raw logits",
         "tokenizer_hash": meta["tokenizer_hash"], "fingerprint": meta["fingerprint"], "seq_len": meta["seq_len"],
         "vocab_size": vocab, "split": "train", "num_sequences": len(dataset), "k": c.k,

@@ -7,8 +7,9 @@
 Offline targets are the cached top-k + tail; online teachers run frozen in this process (sharded under
 ZeRO-3) and allow deep supervision (--beta). The library code is babylm_ds.training.distill.
 """
-import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
+import _preamble  # first: see launchers/_preamble.py
 
+# isort: split
 import sys
 
 from babylm_ds.config import parse

@@ -2,8 +2,9 @@
 
     python launchers/evaluate.py --model RUN/final [--tasks blimp,supplement,ewok] [--limit N] [--ppl-data DATA]
 """
-import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
+import _preamble  # first: see launchers/_preamble.py
 
+# isort: split
 import sys
 
 from babylm_ds.evaluation.cli import main

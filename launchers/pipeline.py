@@ -11,8 +11,9 @@ exercises exactly what a user runs. A stage is skipped when its output exists an
 the same command; an interrupted stage is resumed (`--resume`), a changed one is redone from scratch.
 --force redoes the selected --stages.
 """
-import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
+import _preamble  # first: see launchers/_preamble.py
 
+# isort: split
 import sys
 
 from babylm_ds.training import preempt

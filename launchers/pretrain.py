@@ -3,8 +3,9 @@
   deepspeed --num_gpus 2 launchers/pretrain.py --model llama-360m --data DIR --ds_config ds_configs/zero2.json --out OUT
   torchrun --nproc_per_node 2 launchers/pretrain.py ...      python launchers/pretrain.py ...  (one process)
 """
-import _preamble  # noqa: I001  (first: see launchers/_preamble.py)
+import _preamble  # first: see launchers/_preamble.py
 
+# isort: split
 import sys
 
 from babylm_ds.config import parse

@@ -73,7 +73,7 @@ def test_k_equals_vocab_offline_equals_online(tmp_path):
     for reduction in ("token", "batchmean"):
         off = kd_loss(student, ids, logprobs, tail, labels, 0.5, 2.0, reduction)
         on = kd_loss_full(student, teacher, labels, 0.5, 2.0, reduction)
-        for a, b in zip(off, on):
+        for a, b in zip(off, on, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # BabyLlama's batchmean: nn.KLDivLoss(reduction="batchmean") on [B, T, V] times T².
     ref = torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(student / 2, -1), F.softmax(teacher / 2, -1)) * 4

@@ -66,7 +66,7 @@ def entries(log):
         key = (arch, f"k{kernel}", MODES[mode], lean)
         prev = out.get(key, (0, 0, 0, 0))  # K1 and K2 have a forward and a reverse variant: keep the worst
         out[key] = tuple(max(a, b) for a, b in zip(prev, (int(smem.group(1)) if smem else 0, int(spill.group(1)),
-                                                          int(spill.group(2)), int(regs.group(1)))))
+                                                          int(spill.group(2)), int(regs.group(1))), strict=True))
     return out
 
 

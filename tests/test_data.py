@@ -8,8 +8,17 @@ import torch
 
 from babylm_ds import cli
 from babylm_ds.data import (
-    EMBEDDED_CORPUS, PackedDataset, count_words, detect_source, load_meta, load_tokenizer, parse_word_budget,
-    prepare_data, read_corpus, tokenizer_hash, verify_data,
+    EMBEDDED_CORPUS,
+    PackedDataset,
+    count_words,
+    detect_source,
+    load_meta,
+    load_tokenizer,
+    parse_word_budget,
+    prepare_data,
+    read_corpus,
+    tokenizer_hash,
+    verify_data,
 )
 from babylm_ds.data.clean import clean
 from babylm_ds.data.corpus import read_text

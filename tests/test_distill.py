@@ -15,9 +15,9 @@ import torch
 
 from babylm_ds.cache import TeacherCache, verify
 from babylm_ds.config import Distill, parse
-from babylm_ds.training.distill import check_distill_args, distill, online_loss
 from babylm_ds.models.manifest import write_manifest
 from babylm_ds.training.dist import free_port
+from babylm_ds.training.distill import check_distill_args, distill, online_loss
 from babylm_ds.utils.io import sha256_file
 from launch import HANG_S, LAUNCH_ENV, ROOT, read_metrics
 
@@ -52,7 +52,8 @@ def micro(tiny_data_dir, tmp_path_factory):
     from babylm_ds.models import build_model
     root = tmp_path_factory.mktemp("distill")
     teachers = []
-    for seed, (name, overrides) in enumerate([("llama-tiny", MICRO_LLAMA), ("gpt2-tiny", dict(n_embd=32, n_layer=1, n_head=2))]):
+    for seed, (name, overrides) in enumerate([("llama-tiny", MICRO_LLAMA),
+                                              ("gpt2-tiny", dict(n_embd=32, n_layer=1, n_head=2))]):
         torch.manual_seed(seed)
         model = build_model(name, vocab_size=1000, **overrides)
         with torch.no_grad():
@@ -62,15 +63,16 @@ def micro(tiny_data_dir, tmp_path_factory):
         teachers.append(root / name)
     cache = root / "cache"
     log = root / "cache.log"
-    ok(run([sys.executable, "launchers/cache_logits.py", "--data", str(tiny_data_dir), "--teachers", *map(str, teachers),
-            "--out", str(cache), "--k", "16", "--shard-size", "512", "--batch-size", "64", "--kl-sample", "8"], log), log)
+    ok(run([sys.executable, "launchers/cache_logits.py", "--data", str(tiny_data_dir),
+            "--teachers", *map(str, teachers), "--out", str(cache),
+            "--k", "16", "--shard-size", "512", "--batch-size", "64", "--kl-sample", "8"], log), log)
     return {"root": root, "teachers": teachers, "cache": cache, "log": log}
 
 
 def test_cache_launcher_matches_teachers(micro, tiny_data_dir):
-    import babylm_ds.models  # noqa: F401
     from transformers import AutoModelForCausalLM
 
+    import babylm_ds.models  # noqa: F401
     from babylm_ds.data import PackedDataset
     assert verify(str(micro["cache"])) == []
     cache = TeacherCache(micro["cache"])

@@ -11,9 +11,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from babylm_ds.evaluation import evaluate_model, load_tasks, read_benchmark, score_texts
 from babylm_ds import cli as babylm_cli
-from babylm_ds.evaluation import cli as eval_cli
+from babylm_ds.evaluation import cli as eval_cli, evaluate_model, load_tasks, read_benchmark, score_texts
 from babylm_ds.evaluation.generate import generate
 
 WORDS = ["<pad>", "<s>", "</s>", "<unk>", "the", "cat", "dog", "sleeps", "runs", "A", "B", ":"]
@@ -25,7 +24,8 @@ HALF = math.log(V - 1)  # a logit bump that gives its token p = 1/2 (all other l
 def word_tokenizer():
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
 
 
 class Bigram(torch.nn.Module):
@@ -45,7 +45,8 @@ class Bigram(torch.nn.Module):
 
 def test_hand_computed_scores_count_bos_conditioned_first_token():
     model = Bigram({("<s>", "the"): HALF, ("the", "cat"): HALF})
-    s = score_texts(model, word_tokenizer(), [("", "the cat"), ("", "the dog"), ("the", " cat"), ("", "cat")], batch_size=3)
+    s = score_texts(model, word_tokenizer(), [("", "the cat"), ("", "the dog"), ("the", " cat"), ("", "cat")],
+                    batch_size=3)
     low = -math.log(2 * (V - 1))  # p of a non-bumped token in a bumped row
     assert s == pytest.approx([2 * math.log(0.5), math.log(0.5) + low, math.log(0.5), low], abs=1e-5)
 
@@ -64,7 +65,8 @@ def toy_eval_dir(tmp_path):
     pair = lambda good, bad: {"sentence_good": good, "sentence_bad": bad}  # noqa: E731
     write_jsonl(tmp_path / "blimp_filtered" / "first_word.jsonl", [pair("dog sleeps", "cat sleeps")])
     write_jsonl(tmp_path / "blimp_filtered" / "ties.jsonl", [pair("the cat", "the cat"), pair("dog", "cat")])
-    write_jsonl(tmp_path / "supplement_filtered" / "dialogue.jsonl.xz", [pair("A: the cat\nB: runs", "A: the dog\nB: runs")], xz=True)
+    write_jsonl(tmp_path / "supplement_filtered" / "dialogue.jsonl.xz",
+                [pair("A: the cat\nB: runs", "A: the dog\nB: runs")], xz=True)
     item = {"Context1": "the cat", "Context2": "the dog", "Target1": "sleeps", "Target2": "runs"}
     write_jsonl(tmp_path / "ewok_filtered" / "toy-domain.jsonl", [item])
     return str(root)
@@ -85,7 +87,8 @@ def test_accuracies_ties_and_ewok_on_known_model(toy_eval_dir):
 
 def test_supplement_newlines_kept_and_embedded_counts():
     sup = load_tasks("supplement")["supplement"]
-    assert sorted(sup) == ["hypernym", "qa_congruence_easy", "qa_congruence_tricky", "subject_aux_inversion", "turn_taking"]
+    assert sorted(sup) == ["hypernym", "qa_congruence_easy", "qa_congruence_tricky", "subject_aux_inversion",
+                           "turn_taking"]
     assert sum(map(len, sup.values())) == 5218
     assert any("\n" in good for _, good, _, _ in sup["turn_taking"])
     blimp = load_tasks("blimp", limit=3)["blimp"]
@@ -143,7 +146,7 @@ def test_scorer_matches_plain_transformers_loop(tiny_llama):
     texts = [("", "Who should Derek hug after shocking Richard?"), ("", "A: Should you quit?\nB: No."),
              ("The cup fell.", " It broke."), ("", "Hi"), ("The boys that the girl sees are tall.", " Yes")]
     got = score_texts(model, tok, texts, batch_size=2)
-    for (prefix, cont), s in zip(texts, got):
+    for (prefix, cont), s in zip(texts, got, strict=True):
         p = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
         ids = torch.tensor([[tok.bos_token_id] + p + tok(cont, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
@@ -173,7 +176,8 @@ def test_evaluate_model_embedded_subset_and_cli(tiny_llama, tmp_path):
     assert len(text) == 1 and text == generate(model, tok, "Who should", max_new_tokens=5, greedy=True)
 
 
-@pytest.mark.parametrize("argv", [["--model", "/nonexistent/model"], ["--model", "{tmp}", "--data-dir", "/nonexistent/data"]])
+@pytest.mark.parametrize("argv", [["--model", "/nonexistent/model"],
+                                  ["--model", "{tmp}", "--data-dir", "/nonexistent/data"]])
 def test_cli_errors_are_one_line(argv, tmp_path, tiny_llama, capsys):
     model, tok = tiny_llama
     model.save_pretrained(tmp_path)

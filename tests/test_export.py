@@ -15,8 +15,7 @@ import torch
 from packaging.requirements import Requirement
 
 from babylm_ds.data.tokenizer import load_tokenizer, train_tokenizer
-from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM, BabyLSTMConfig, BabyLSTMForCausalLM
-from babylm_ds.models import hf_compat
+from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM, BabyLSTMConfig, BabyLSTMForCausalLM, hf_compat
 from babylm_ds.models.card import CARD_FILES, update_scores
 from babylm_ds.models.registry import family_names, load_family
 from babylm_ds.models.remote_code import generate
@@ -77,10 +76,10 @@ def exported(tmp_path_factory):
 def test_generated_files_and_auto_map(exported):
     _, out = exported
     config = json.loads((out / "config.json").read_text())
-    assert config["auto_map"] == {"AutoConfig": "configuration_babyhgrn.BabyHGRNConfig",
-                                  "AutoModel": "modeling_babyhgrn.BabyHGRNModel",
-                                  "AutoModelForCausalLM": "modeling_babyhgrn.BabyHGRNForCausalLM",
-                                  "AutoModelForSequenceClassification": "modeling_babyhgrn.BabyHGRNForSequenceClassification"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_babyhgrn.BabyHGRNConfig", "AutoModel": "modeling_babyhgrn.BabyHGRNModel",
+        "AutoModelForCausalLM": "modeling_babyhgrn.BabyHGRNForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_babyhgrn.BabyHGRNForSequenceClassification"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"configuration_babyhgrn.py", "modeling_babyhgrn.py", "config.json"} <= set(manifest)
     modeling = (out / "modeling_babyhgrn.py").read_text()
@@ -88,7 +87,8 @@ def test_generated_files_and_auto_map(exported):
         assert f"# ---- babylm_ds/{source} ----" in modeling
     # the project is imported only inside try blocks (its compiled kernels), never at module level
     top = [line for line in modeling.splitlines() if line.startswith(("import ", "from "))]
-    assert not [line for line in top if "babylm_ds" in line] and "from .configuration_babyhgrn import BabyHGRNConfig" in top
+    assert not [line for line in top if "babylm_ds" in line]
+    assert "from .configuration_babyhgrn import BabyHGRNConfig" in top
 
 
 def test_loads_and_generates_without_babylm_ds(exported, tmp_path):
@@ -146,13 +146,14 @@ def test_generator_refuses_name_clashes(tmp_path, monkeypatch):
 
 def test_model_card_written_and_scores_update_outside_manifest(exported, tmp_path):
     model, _ = exported
-    card = {"name": "student", "data": {"dir": "/d", "corpus": "embedded", "word_budget": 10_000_000, "words": 300_000,
-                                        "words_by_source": {"childes": 100_000, "gutenberg": 200_000},
-                                        "tokens_per_word": 1.4, "seq_len": 128, "vocab_size": 211, "train_sequences": 9},
-            "training": {"command": "deepspeed --num_gpus 2 launchers/distill.py --model babyhgrn-tiny", "steps": 150,
-                         "world_size": 2, "train_tokens": 307_200, "train_loss": 4.5, "dev_loss": 4.9, "seed": 0,
-                         "lr": 3e-3, "schedule": "cosine", "micro_batch": 8, "grad_accum": 1, "zero_stage": 2,
-                         "bf16": False},
+    card = {"name": "student",
+            "data": {"dir": "/d", "corpus": "embedded", "word_budget": 10_000_000, "words": 300_000,
+                     "words_by_source": {"childes": 100_000, "gutenberg": 200_000},
+                     "tokens_per_word": 1.4, "seq_len": 128, "vocab_size": 211, "train_sequences": 9},
+            "training": {"command": "deepspeed --num_gpus 2 launchers/distill.py --model babyhgrn-tiny",
+                         "steps": 150, "world_size": 2, "train_tokens": 307_200, "train_loss": 4.5, "dev_loss": 4.9,
+                         "seed": 0, "lr": 3e-3, "schedule": "cosine", "micro_batch": 8, "grad_accum": 1,
+                         "zero_stage": 2, "bf16": False},
             "distillation": {"teachers": [{"name": "teacher-llama/final", "model_type": "llama", "weight": 0.5},
                                           {"name": "teacher-gpt2/final", "model_type": "gpt2", "weight": 0.5}],
                              "k": 32, "alpha": 0.5, "temperature": 2.0}}
@@ -162,8 +163,8 @@ def test_model_card_written_and_scores_update_outside_manifest(exported, tmp_pat
     assert readme.startswith("---\nlibrary_name: transformers\n") and "- knowledge-distillation" in readme
     n = sum(p.numel() for p in model.parameters())
     for fact in (f"| parameters | {n:,} |", "| expand_ratio | 16 |", "300,000 words", "word budget 10,000,000",
-                 card["training"]["command"], "150 optimizer steps", "ZeRO stage 2", "teacher-gpt2/final (gpt2, weight 0.5)",
-                 "trust_remote_code=True", "Not evaluated yet"):
+                 card["training"]["command"], "150 optimizer steps", "ZeRO stage 2",
+                 "teacher-gpt2/final (gpt2, weight 0.5)", "trust_remote_code=True", "Not evaluated yet"):
         assert fact in readme, fact
     manifest = (out / "manifest.json").read_text()
     assert not set(CARD_FILES) & set(json.loads(manifest))
@@ -171,7 +172,8 @@ def test_model_card_written_and_scores_update_outside_manifest(exported, tmp_pat
               "perplexity": {"perplexity": 147.14}}
     assert update_scores(str(out), result)
     readme = (out / "README.md").read_text()
-    assert "first 50 items per paradigm" in readme and "| blimp | 53.2 |" in readme and "| dev perplexity | 147.1 |" in readme
+    assert "first 50 items per paradigm" in readme and "| blimp | 53.2 |" in readme
+    assert "| dev perplexity | 147.1 |" in readme
     assert "Not evaluated yet" not in readme and (out / "manifest.json").read_text() == manifest
     assert not update_scores(str(tmp_path), result)
 
@@ -183,7 +185,8 @@ def test_every_family_generates_standalone_code(name):
     family = load_family(name)
     config_module = family.config_class.__module__
     sources = [generate(config_module),
-               generate(family.auto_classes["AutoModelForCausalLM"].__module__, {config_module: f".configuration_{name}"})]
+               generate(family.auto_classes["AutoModelForCausalLM"].__module__,
+                        {config_module: f".configuration_{name}"})]
     for source in sources:
         compile(source, f"{name}.py", "exec")
         tops = [line for line in source.splitlines() if line.startswith(("import ", "from "))]

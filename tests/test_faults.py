@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from babylm_ds.cache import TeacherCache, claim_cache, load_manifest
+from babylm_ds.config import parse
 from babylm_ds.data import verify_data
 from babylm_ds.data.pack import fingerprint
 from babylm_ds.models import check_model_arg
-from babylm_ds.config import parse
 from babylm_ds.training.guard import check_train_args, claim_out, seal_checkpoint, verify_checkpoint
 from babylm_ds.utils.cli import EchoedError, run_cli
 from babylm_ds.utils.io import lock_dir

@@ -10,7 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import (
-    AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM,
+    AutoModelForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
 )
 
 from babylm_ds import cli as babylm_cli
@@ -19,7 +23,10 @@ from babylm_ds.evaluation.finetune import encode
 from babylm_ds.evaluation.glue import TASKS, read_split
 from babylm_ds.evaluation.load import load_classifier
 from babylm_ds.models import (
-    BabyHGRNConfig, BabyHGRNForCausalLM, BabyHGRNForSequenceClassification, BabyLSTMConfig,
+    BabyHGRNConfig,
+    BabyHGRNForCausalLM,
+    BabyHGRNForSequenceClassification,
+    BabyLSTMConfig,
     BabyLSTMForSequenceClassification,
 )
 from babylm_ds.training.trainer import export_hf
@@ -98,7 +105,7 @@ def lm_dir(tmp_path_factory, tiny_data_dir):
 def mean_loss(model, ids, labels):
     with torch.no_grad():
         return sum(F.cross_entropy(model(torch.tensor([x])).logits, torch.tensor([y])).item()
-                   for x, y in zip(ids, labels)) / len(ids)
+                   for x, y in zip(ids, labels, strict=True)) / len(ids)
 
 
 LOAD = textwrap.dedent("""
@@ -142,7 +149,7 @@ def test_finetune_rte_64_examples(lm_dir, tmp_path):
     with torch.no_grad():
         again = [after(torch.tensor([x])).logits.argmax(-1).item() for x in valid_ids]
     assert [p["pred"] for p in preds] == again
-    assert rte["accuracy"] == pytest.approx(sum(p == y for p, y in zip(again, valid_labels)) / 277)
+    assert rte["accuracy"] == pytest.approx(sum(p == y for p, y in zip(again, valid_labels, strict=True)) / 277)
     assert f"accuracy: {rte['accuracy']}" in (results / "final/main/finetune/rte/results.txt").read_text()
 
     auto_map = json.loads((save / "rte" / "config.json").read_text())["auto_map"]

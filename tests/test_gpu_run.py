@@ -74,7 +74,8 @@ def test_gpu_tests_collect_without_the_wheels():
     """The kernel tests of `pytest -m gpu` (gpu_check.sh) need none of the carried wheels: were .whl/ not to
     install there, they still run (the modules that need deepspeed or datasets are collection errors, which
     gpu_check.sh continues past)."""
-    modules = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text())
+    modules = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+                     if "mark.gpu" in p.read_text())
     assert "tests/test_ops_ext.py" in modules
     cmd = [sys.executable, "scripts/gpu_wheels.py", "run", "--without-wheels", "--", sys.executable, "-c",
            "import importlib.util as u; print('ABSENT', [m for m in ('deepspeed', 'datasets') if not u.find_spec(m)])"]
@@ -160,7 +161,8 @@ def _run_tiny(tmp_path, script):
     assert r.returncode == 0, env_txt + r.stdout[-3000:] + r.stderr[-3000:]
     assert len(files) <= 8 and all(p.is_file() for p in out.iterdir()), files
     assert env_txt.startswith(f"commit 0123abc ({script} --tiny)")
-    gpu_limits = [int(line.rsplit("on the GPU ", 1)[1].split()[0]) for line in env_txt.splitlines() if "on the GPU" in line]
+    gpu_limits = [int(line.rsplit("on the GPU ", 1)[1].split()[0])
+                  for line in env_txt.splitlines() if "on the GPU" in line]
     return out, files, env_txt, gpu_limits
 
 

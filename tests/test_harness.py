@@ -5,8 +5,7 @@ import os
 import pytest
 import torch
 
-from babylm_ds.evaluation import cli as eval_cli
-from babylm_ds.evaluation import load_tasks, read_benchmark, score_texts
+from babylm_ds.evaluation import cli as eval_cli, load_tasks, read_benchmark, score_texts
 from babylm_ds.evaluation.harness import TASK_DIR, evaluate_harness, task_files
 from babylm_ds.models import BabyHGRNConfig, BabyHGRNForCausalLM
 from babylm_ds.training.trainer import export_hf
@@ -47,10 +46,10 @@ def test_harness_equals_babylm_eval_item_for_item(student):
         bench, paradigm = key.split("/")
         good = score_texts(model, tokenizer, [p[:2] for p in pairs[bench][paradigm]])
         bad = score_texts(model, tokenizer, [p[2:] for p in pairs[bench][paradigm]])
-        assert [r for r, _, _ in got] == [int(g >= b) for g, b in zip(good, bad)], key
+        assert [r for r, _, _ in got] == [int(g >= b) for g, b in zip(good, bad, strict=True)], key
         # same strings, same BOS conditioning: the log-likelihoods agree to float rounding
-        torch.testing.assert_close(torch.tensor([(g, b) for _, g, b in got]), torch.tensor(list(zip(good, bad))),
-                                   rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(torch.tensor([(g, b) for _, g, b in got]),
+                                   torch.tensor(list(zip(good, bad, strict=True))), rtol=1e-5, atol=1e-4)
     assert result["ewok"]["pairs"] == 40 and result["macro"] == pytest.approx(
         sum(result[b]["mean"] for b in ("blimp", "supplement", "ewok")) / 3)
 
@@ -75,7 +74,8 @@ def test_eval_cli_harness_and_lm_eval_hf_loader_on_export(student, tmp_path, mon
 
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
     got = lm_eval.simple_evaluate("hf", f"pretrained={out},trust_remote_code=True,dtype=float32",
-                                  ["babylm_blimp_adjunct_island", "babylm_ewok_agent-properties"], limit=8, batch_size=8, device="cpu",
+                                  ["babylm_blimp_adjunct_island", "babylm_ewok_agent-properties"],
+                                  limit=8, batch_size=8, device="cpu",
                                   task_manager=TaskManager(include_path=TASK_DIR, include_defaults=False),
                                   bootstrap_iters=0, log_samples=False)
     assert got["results"]["babylm_blimp_adjunct_island"]["acc,none"] == plain["blimp"]["paradigms"]["adjunct_island"]
@@ -114,9 +114,10 @@ def test_babylm_pipeline_loader_and_predictions(student, tmp_path):
         preds = json.load(open(path))[paradigm]["predictions"]
         rows = read_benchmark(bench)[paradigm]
         assert [p["id"] for p in preds] == [f"{paradigm}_{i}" for i in range(len(rows))]
-        right = [p["pred"].strip() == row[key].strip() for p, row in zip(preds, rows)]
+        right = [p["pred"].strip() == row[key].strip() for p, row in zip(preds, rows, strict=True)]
         assert right == decisions[bench][paradigm]
-    report = (tmp_path / "results/final/main/zero_shot/causal/ewok/ewok_filtered/best_temperature_report.txt").read_text()
+    report = (tmp_path / "results/final/main/zero_shot/causal/ewok/ewok_filtered"
+              / "best_temperature_report.txt").read_text()
     acc = 100 * sum(decisions["ewok"]["physical-dynamics"]) / 120
     assert f"physical-dynamics: {acc:.2f}" in report
     with pytest.raises(ValueError, match="without --limit|every item"):

@@ -9,7 +9,13 @@ import torch.nn.functional as F  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from babylm_ds.models import (  # noqa: E402
-    PRESETS, BabyHGRNConfig, BabyHGRNForCausalLM, HGRN2Cache, build_model, count_parameters, preset_names,
+    PRESETS,
+    BabyHGRNConfig,
+    BabyHGRNForCausalLM,
+    HGRN2Cache,
+    build_model,
+    count_parameters,
+    preset_names,
 )
 from babylm_ds.ops import naive_hgrn2  # noqa: E402
 

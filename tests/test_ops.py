@@ -40,7 +40,7 @@ def oracle(q, k, v, g, h0, scale=None):
 
 
 def assert_close(got, ref, rtol, names=("o", "ht", "dq", "dk", "dv", "dg", "dh0")):
-    for name, a, b in zip(names, got, ref):
+    for name, a, b in zip(names, got, ref, strict=False):
         a = a.detach().cpu().double()
         assert torch.isfinite(a).all(), name
         err = (a - b).abs().max().item()
@@ -87,9 +87,9 @@ def test_long_sequence_strong_decay():
     dirs[3] = dirs[3] * (g < -1e-3)  # keep g <= 0 under the perturbation
     eps = 1e-6
     with torch.no_grad():
-        fd = (loss(*(x + eps * d for x, d in zip(ins, dirs)))
-              - loss(*(x - eps * d for x, d in zip(ins, dirs)))) / (2 * eps)
-    an = sum((x.grad * d).sum() for x, d in zip(ins, dirs))
+        fd = (loss(*(x + eps * d for x, d in zip(ins, dirs, strict=True)))
+              - loss(*(x - eps * d for x, d in zip(ins, dirs, strict=True)))) / (2 * eps)
+    an = sum((x.grad * d).sum() for x, d in zip(ins, dirs, strict=True))
     assert all(torch.isfinite(x.grad).all() for x in ins)
     assert abs(fd - an) <= 1e-6 * abs(an)
 

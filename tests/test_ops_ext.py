@@ -101,7 +101,7 @@ def recurrence_reference(q, k, v, g, h0, do, dht, scale):
 
 
 def assert_close(got, ref, tol):
-    for name, a, b in zip(("o", "ht", "dq", "dk", "dv", "dg", "dh0"), got, ref):
+    for name, a, b in zip(("o", "ht", "dq", "dk", "dv", "dg", "dh0"), got, ref, strict=True):
         assert torch.isfinite(a).all(), name
         err = (a.double().cpu() - b).abs().max().item() / max(b.abs().max().item(), 1e-6)
         assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
@@ -180,7 +180,7 @@ def test_cpu_through_api_and_optional_states():
     hgrn2(*ins, backend="cpu")[0].backward(do.float())
     ref = [x.double().clone().requires_grad_() for x in (q, k, v, g)]
     naive_hgrn2(*ref)[0].backward(do)
-    for a, b in zip(ins, ref):
+    for a, b in zip(ins, ref, strict=True):
         torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4)
 
 
@@ -336,5 +336,5 @@ def test_cuda_lean_variants(monkeypatch):
     monkeypatch.setenv("BABYLM_DS_SMEM_OPTIN", "101376")
     lean = grads(hgrn2_ext, *args, 0.2)
     assert_close(lean, reference(*args, 0.2), 1e-4)
-    for a, b in zip(full, lean):
+    for a, b in zip(full, lean, strict=True):
         assert torch.equal(a, b)

@@ -64,6 +64,7 @@ def test_triton_kernels_compile_for_sm90():
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+
     from babylm_ds.ops.hgrn2 import triton as kern
 
     q = torch.empty(1, 1, 2, 128, dtype=torch.bfloat16)

@@ -27,10 +27,10 @@ def packed(lens, K=8, V=12, H=2, dtype=torch.float64, gmin=-20.0, device="cpu"):
 def per_sequence_oracle(q, k, v, g, h0, cu, scale=None):
     """The float64 oracle run on each sequence alone, outputs and gradients concatenated."""
     outs = []
-    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
         ins = [x[:, s:e].detach().cpu().double() for x in (q, k, v, g)] + [h0[n:n + 1].cpu().double()]
         outs.append(run_with_grads(lambda *a: naive_hgrn2(*a[:4], scale, a[4], True), *ins, seed=n))
-    cat = [torch.cat(x, 0 if i in (1, 6) else 1) for i, x in enumerate(zip(*outs))]
+    cat = [torch.cat(x, 0 if i in (1, 6) else 1) for i, x in enumerate(zip(*outs, strict=True))]
     return cat
 
 
@@ -40,7 +40,7 @@ def varlen_grads(fn, q, k, v, g, h0, cu):
     ins = [x.detach().clone().requires_grad_() for x in (q, k, v, g, h0)]
     o, ht = fn(*ins)
     do, dht = [], []
-    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
         gen = torch.Generator().manual_seed(n)
         do.append(torch.randn(o[:, s:e].shape, generator=gen, dtype=torch.float64))
         dht.append(torch.randn(ht[n:n + 1].shape, generator=gen, dtype=torch.float64))
@@ -52,7 +52,7 @@ def varlen_grads(fn, q, k, v, g, h0, cu):
 def test_naive_varlen_restarts_the_state():
     q, k, v, g, h0, cu = packed(LENS)
     o, ht = naive_hgrn2(q, k, v, g, 0.5, h0, True, cu_seqlens=cu)
-    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
         o_n, ht_n = naive_hgrn2(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], 0.5, h0[n:n + 1], True)
         torch.testing.assert_close(o[:, s:e], o_n, rtol=0, atol=0)
         torch.testing.assert_close(ht[n:n + 1], ht_n, rtol=0, atol=0)
@@ -109,7 +109,7 @@ def test_auto_order_follows_the_cited_benchmark():
     rows = [r for r in table.splitlines()[2:] if re.match(r"\| \d+ \|", r)]
     assert len(rows) == 3
     for row in rows:
-        ms = dict(zip(names, map(float, row.strip("|").split("|")[1:5])))
+        ms = dict(zip(names, map(float, row.strip("|").split("|")[1:5]), strict=True))
         assert list(api.AUTO["cuda"]) == sorted(names, key=ms.get), row
 
 

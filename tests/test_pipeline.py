@@ -19,7 +19,8 @@ TINY = ["--max-words", "20000", "--vocab-size", "500", "--seq-len", "64", "--ste
 def _run(argv, log, timeout=HANG_S):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(log, "w") as f:
-        proc = subprocess.run([*PIPELINE, *argv], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=timeout)
+        proc = subprocess.run([*PIPELINE, *argv], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                              timeout=timeout)
     return proc.returncode, Path(log).read_text()
 
 
@@ -46,7 +47,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     assert "first 1 items per paradigm" in card
     for run in runs:
         res = json.loads((out / "eval" / f"{run}.json").read_text())[run]
-        assert {b: res[b]["pairs"] for b in ("blimp", "supplement", "ewok")} == {"blimp": 67, "supplement": 5, "ewok": 11}
+        pairs = {b: res[b]["pairs"] for b in ("blimp", "supplement", "ewok")}
+        assert pairs == {"blimp": 67, "supplement": 5, "ewok": 11}
         assert 0 <= res["macro"] <= 1 and res["perplexity"]["perplexity"] > 1
     study = json.loads((out / "study.json").read_text())
     assert set(study["final"]) == {"teacher-llama-tiny", "teacher-gpt2-tiny", "student", "student-kd"}
@@ -67,6 +69,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
 
     # DeepSpeed checkpoints load like the exported model, with or without final/ (then via config.yaml)
     import torch
+
     from babylm_ds.evaluation import load_model
     x = torch.randint(3, 500, (2, 12))
     kd = out / "runs" / "student-kd-s0"
@@ -76,7 +79,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     model, tok = load_model(kd)
     assert torch.allclose(model(x).logits, ref, atol=1e-5) and tok.bos_token_id == 1
     gen = subprocess.run([sys.executable, "-m", "babylm_ds.cli", "generate", "--model", str(kd),
-                          "--prompt", "London was", "--greedy", "--max-new-tokens", "5"], capture_output=True, text=True)
+                          "--prompt", "London was", "--greedy", "--max-new-tokens", "5"],
+                         capture_output=True, text=True)
     assert gen.returncode == 0 and gen.stdout.startswith("London was"), gen.stderr[-2000:]
 
 

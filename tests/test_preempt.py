@@ -28,9 +28,10 @@ TINY = ["--model", "llama-tiny", "--model-config", "hidden_size=32", "num_hidden
 
 
 def launcher(kind):
-    return {"python": [PY], "torchrun": [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                                         str(free_port())],
-            "deepspeed": [PY, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port())]}[kind]
+    return {"python": [PY],
+            "torchrun": [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())],
+            "deepspeed": [PY, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+                          str(free_port())]}[kind]
 
 
 def start(cmd, log, env=None):
@@ -141,7 +142,8 @@ def test_stop_on_signal_callback_saves_through_the_checkpoint_then_stops(monkeyp
     names = [type(c).__name__ for c in default_callbacks(cfg)]
     assert names[-2:] == ["Checkpoint", "StopOnSignal"]
     calls = []
-    monkeypatch.setattr(preempt, "requested", lambda step: calls.append(("asked", step)) or ("SIGUSR1" if step == 3 else None))
+    monkeypatch.setattr(preempt, "requested",
+                        lambda step: calls.append(("asked", step)) or ("SIGUSR1" if step == 3 else None))
     monkeypatch.setattr(preempt, "stop", lambda *a: calls.append(("stop", *a)))
     t = SimpleNamespace(rank=0, tb=None, ckpt_dir="OUT/checkpoints", save=lambda step: calls.append(("save", step)))
     callbacks, s = [Checkpoint(2), StopOnSignal()], TrainState()
@@ -152,8 +154,8 @@ def test_stop_on_signal_callback_saves_through_the_checkpoint_then_stops(monkeyp
             s.step += 1
         for c in callbacks:
             getattr(c, hook)(t, s)
-    assert calls == [("asked", 1), ("save", 2), ("asked", 2), ("asked", 3), ("save", 3),
-                     ("stop", "SIGUSR1", "at step 3; checkpoint step3 saved in OUT/checkpoints; rerun with --resume", 0)]
+    saved = "at step 3; checkpoint step3 saved in OUT/checkpoints; rerun with --resume"
+    assert calls == [("asked", 1), ("save", 2), ("asked", 2), ("asked", 3), ("save", 3), ("stop", "SIGUSR1", saved, 0)]
     calls.clear()
     s.stop = "stop requested"
     StopOnSignal().on_train_end(t, s)
@@ -209,8 +211,9 @@ def test_cache_logits_stops_at_a_shard_boundary_and_resumes_byte_identical(tiny_
     rc, text = train("python", ref, *argv, script="cache_logits.py")
     assert rc == 0, text[-3000:]
     rc, text = train("torchrun", cache, *argv, script="cache_logits.py", env={preempt.SIGNAL_ENV: "1:4"})
-    assert rc != 0 and stopped_lines(text) == ["cache_logits.py: stopped by SIGTERM at a shard boundary; 4 of 9 "
-                                               "shards written and kept; rerun the same command to resume"], text[-3000:]
+    assert rc != 0 and stopped_lines(text) == [
+        "cache_logits.py: stopped by SIGTERM at a shard boundary; 4 of 9 shards written and kept; "
+        "rerun the same command to resume"], text[-3000:]
     assert not (cache / "manifest.json").exists() and len(list((cache / "shards").glob("*.bin"))) == 4
     rc, text = train("torchrun", cache, *argv, script="cache_logits.py")
     assert rc == 0 and "cache shards: 2 verified and kept" in text, text[-3000:]
@@ -224,9 +227,10 @@ def test_pipeline_passes_sigterm_to_its_job_and_resumes(tmp_path):
     ranks save and stop, the pipeline waits for them, starts nothing more, says so in one line and exits 75;
     rerunning it resumes the teacher."""
     out = tmp_path / "pipe"
-    cmd = [PY, str(ROOT / "launchers" / "pipeline.py"), "--out", str(out), "--max-words", "20000", "--vocab-size", "500",
-           "--seq-len", "32", "--teachers", "llama-tiny", "--teacher-steps", "60", "--student", "llama-tiny", "--steps",
-           "2", "--micro-batch", "4", "--launcher", "torchrun", "--stages", "prepare,train"]
+    cmd = [PY, str(ROOT / "launchers" / "pipeline.py"), "--out", str(out), "--max-words", "20000",
+           "--vocab-size", "500", "--seq-len", "32", "--teachers", "llama-tiny", "--teacher-steps", "60",
+           "--student", "llama-tiny", "--steps", "2", "--micro-batch", "4", "--launcher", "torchrun",
+           "--stages", "prepare,train"]
     run_dir = out / "runs" / "teacher-lr0.003-s0"
     proc = start(cmd, tmp_path / "pipe.log")
     wait_for_step(run_dir, 3, proc)
@@ -236,8 +240,8 @@ def test_pipeline_passes_sigterm_to_its_job_and_resumes(tmp_path):
     last = Path(tmp_path / "pipe.log").read_text().strip().splitlines()[-1]
     step = max(read_metrics(run_dir, "train/loss"))
     assert not (out / "runs" / "student-lr0.003-s0").exists()  # the next job was not started
-    assert last.startswith(f"pipeline.py: stopped by SIGTERM (pretrain.py: stopped by SIGTERM at step {step}; checkpoint "
-                           f"step{step} saved") and last.endswith("rerun the same command to resume")
+    assert last.startswith(f"pipeline.py: stopped by SIGTERM (pretrain.py: stopped by SIGTERM at step {step}; "
+                           f"checkpoint step{step} saved") and last.endswith("rerun the same command to resume")
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step{step}" and step < 60
     rc = finish(start(cmd, tmp_path / "pipe2.log"), tmp_path / "pipe2.log")
     assert rc == 0, Path(tmp_path / "pipe2.log").read_text()[-3000:]
@@ -307,7 +311,8 @@ def test_slurm_script_forwards_the_warning_signal_and_requeues(tiny_data_dir, tm
 
 JOB = """import signal, sys, time
 def stop(signum, _):
-    print("job.py: stopped by SIGTERM at step 3; checkpoint step3 saved; rerun with --resume", file=sys.stderr, flush=True)
+    print("job.py: stopped by SIGTERM at step 3; checkpoint step3 saved; rerun with --resume",
+          file=sys.stderr, flush=True)
     sys.exit(75)
 signal.signal(signal.SIGTERM, stop)
 print("ready", flush=True)
@@ -317,8 +322,8 @@ RUNNER = """import os, sys
 from babylm_ds.training import preempt
 from babylm_ds.training.jobs import JobStopped, run_cmd
 preempt.relay()
-wrapper = [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-u', sys.argv[1]]))",
-           sys.argv[1]]
+wrapper = [sys.executable, "-c",
+           "import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-u', sys.argv[1]]))", sys.argv[1]]
 for _ in range(2):
     try:
         run_cmd(wrapper, dict(os.environ), sys.argv[2])
@@ -334,8 +339,8 @@ def test_job_runner_passes_a_stop_to_the_rank_and_starts_nothing_more(tmp_path):
     (tmp_path / "launchers").mkdir()
     (tmp_path / "launchers" / "job.py").write_text(JOB)
     log = tmp_path / "logs" / "job.log"
-    proc = subprocess.Popen([PY, "-c", RUNNER, str(tmp_path / "launchers" / "job.py"), str(log)], stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    proc = subprocess.Popen([PY, "-c", RUNNER, str(tmp_path / "launchers" / "job.py"), str(log)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     while not (log.exists() and "ready" in log.read_text()):
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.05)
@@ -358,8 +363,8 @@ def test_a_stopped_job_is_one_line_and_exit_75(capsys):
         raise JobStopped("stopped by SIGTERM (pretrain.py: stopped by SIGTERM at step 3; …); rerun the same command")
 
     assert run_cli(stopped, [], prog="babylm-ds study") == preempt.EXIT_STOPPED
-    assert capsys.readouterr().err == ("babylm-ds study: stopped by SIGTERM (pretrain.py: stopped by SIGTERM at step 3; "
-                                       "…); rerun the same command\n")
+    assert capsys.readouterr().err == ("babylm-ds study: stopped by SIGTERM (pretrain.py: stopped by SIGTERM "
+                                       "at step 3; …); rerun the same command\n")
     assert run_cli(lambda _argv: (_ for _ in ()).throw(JobError("failed")), [], prog="p") == 1
     assert capsys.readouterr().err == "p: error: failed\n"
 

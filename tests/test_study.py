@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 import yaml
 
 from babylm_ds.evaluation import stats
@@ -34,7 +33,8 @@ def test_example_specs_load_and_plan():
         assert len(runs) == n and len({r.name for r in runs}) == n
     spec = load_spec(TINY)
     students = student_runs(spec, {"hgrn2": 0.003, "llama": 0.0003})
-    assert [(r.name, r.model, r.lr, r.student) for r in students] == [("hgrn2-kd-s0", "babyhgrn-tiny", 0.003, "hgrn2-kd")]
+    assert [(r.name, r.model, r.lr, r.student) for r in students] == [
+        ("hgrn2-kd-s0", "babyhgrn-tiny", 0.003, "hgrn2-kd")]
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -42,7 +42,8 @@ def test_example_specs_load_and_plan():
     ("architectures: {a: {model: nope, lrs: [0.001]}}\n", "architectures.a.model 'nope' is not a preset"),
     ("architectures: {a: {model: llama-tiny, lrs: []}}\n", "architectures.a.lrs must be a non-empty list"),
     ("architectures: {a: {model: llama-tiny, lrs: [-1]}}\n", "architectures.a.lrs must be a positive number"),
-    ("architectures: {a: {model: llama-tiny, lrs: [0.001]}}\ntraining: {epoch: 2}\n", "unknown key(s) ['epoch'] in 'training'"),
+    ("architectures: {a: {model: llama-tiny, lrs: [0.001]}}\ntraining: {epoch: 2}\n",
+     "unknown key(s) ['epoch'] in 'training'"),
     ("architectures: {a: {model: llama-tiny, lrs: [0.001]}}\nstudents: {s: {arch: b, teachers: [a]}}\n",
      "students.s.arch must name an architecture"),
     ("architectures: {a: {model: llama-tiny, lrs: [0.001]}}\nstudents: {s: {arch: a, teachers: [x]}}\n",
@@ -56,7 +57,8 @@ def test_example_specs_load_and_plan():
     ("evaluation: {epoch_tasks: bear}\n", "evaluation.epoch_tasks 'bear' names unknown task(s) ['bear']"),
     ("evaluation: {bear_limit: 0}\n", "evaluation.bear_limit must be >= 1, got 0"),
     ("evaluation: {finetune: [rte]}\n", "'evaluation.finetune' must be a mapping"),
-    ("evaluation: {finetune: {tasks: 'rte,cola'}}\n", "evaluation.finetune.tasks: unknown fine-tuning task(s) ['cola']"),
+    ("evaluation: {finetune: {tasks: 'rte,cola'}}\n",
+     "evaluation.finetune.tasks: unknown fine-tuning task(s) ['cola']"),
     ("evaluation: {finetune: {max_train: 0}}\n", "evaluation.finetune.max_train must be >= 1, got 0"),
     ("evaluation: {finetune: {seq_len: 1.5}}\n", "evaluation.finetune.seq_len must be an integer, got 1.5"),
     ("evaluation: {finetune: {lr: 2}}\n", "evaluation.finetune.lr 2 is out of range"),
@@ -80,7 +82,8 @@ def test_finetune_section_defaults_and_switch(tmp_path):
     assert ft == {"tasks": "rte,wsc", "data_dir": None, "max_train": 8, "epochs": None, "lr": 3e-5, "batch_size": None,
                   "valid_batch_size": 64, "seq_len": 512, "seed": 42, "models": None}
     assert load_spec(_spec(tmp_path, head))["evaluation"]["finetune"] is None
-    assert load_spec(_spec(tmp_path, head + "evaluation: {finetune: {tasks: null}}\n"))["evaluation"]["finetune"] is None
+    spec = load_spec(_spec(tmp_path, head + "evaluation: {finetune: {tasks: null}}\n"))
+    assert spec["evaluation"]["finetune"] is None
 
 
 def test_cli_bad_spec_exits_nonzero_with_one_line(tmp_path):
@@ -91,7 +94,8 @@ def test_cli_bad_spec_exits_nonzero_with_one_line(tmp_path):
 
 
 def test_lr_is_selected_on_mean_dev_loss_over_seeds_ignoring_diverged_runs(tmp_path):
-    spec = load_spec(_spec(tmp_path, "architectures: {a: {model: llama-tiny, lrs: [0.001, 0.003, 0.01]}}\nseeds: [0, 1]\n"))
+    spec = load_spec(_spec(tmp_path, "architectures: {a: {model: llama-tiny, lrs: [0.001, 0.003, 0.01]}}\n"
+                                     "seeds: [0, 1]\n"))
     loss = {"a-lr0.001-s0": 3.0, "a-lr0.001-s1": 3.4, "a-lr0.003-s0": 3.3, "a-lr0.003-s1": 3.0,
             "a-lr0.01-s0": float("nan"), "a-lr0.01-s1": 1.0}
     assert select_lr(spec, loss) == {"a": 0.003}  # means 3.2, 3.15, nan

@@ -32,7 +32,8 @@ def test_warp_mma_matches_matmul_of_rounded_operands(mode, src):
     from babylm_ds import _C
 
     gen = torch.Generator().manual_seed(1)
-    a, b = torch.randn(16, 32, generator=gen, dtype=torch.float64), torch.randn(32, 48, generator=gen, dtype=torch.float64)
+    a = torch.randn(16, 32, generator=gen, dtype=torch.float64)
+    b = torch.randn(32, 48, generator=gen, dtype=torch.float64)
     if mode != "fp64":
         a, b = a.float().double(), b.float().double()
     d = _C.hgrn2_tile_gemm(a, b, mode, src)
@@ -188,7 +189,7 @@ def test_emulated_16_byte_and_element_loads_match_oracle(mode, tol, off):
     ref = reference(*args, 0.3)
     outs = [grads(lambda *a: hgrn2_emu(*a, mode=mode, vec=vec), *args, 0.3) for vec in (True, False)]
     assert_close(outs[0], ref, tol)
-    for a, b in zip(*outs):  # the same values loaded either way
+    for a, b in zip(*outs, strict=True):  # the same values loaded either way
         assert torch.equal(a, b)
 
 
@@ -219,7 +220,7 @@ def test_emulated_lean_variants_match_oracle():
     args = inputs_in("tf32x3", 1, 150, 2, 128, 72, -2.0)
     outs = [grads(lambda *a: hgrn2_emu(*a, mode="tf32x3", smem_optin=smem), *args, 0.2) for smem in (None, 101376)]
     assert_close(outs[1], reference(*args, 0.2), 1e-4)
-    for a, b in zip(*outs):
+    for a, b in zip(*outs, strict=True):
         assert torch.equal(a, b)
     with pytest.raises(RuntimeError, match=r"^hgrn2 cuda: kernel K1 \(fp32, lean\) needs 72704 B of shared memory "
                                            r"per block; this GPU allows 65536 B"):
@@ -240,10 +241,10 @@ def test_launch_grids_fit_the_cuda_limits():
         grids = _C.hgrn2_launch_grids(N, T, H, K, V, varlen)
         assert [name for name, _, _ in grids] == ["k1", "k2", "k1", "k1_rev", "k2_bwd", "k3"]
         for name, g, l in grids:
-            assert all(0 < a <= b for a, b in zip(l, lim)), (name, g, l)
+            assert all(0 < a <= b for a, b in zip(l, lim, strict=True)), (name, g, l)
             total = g[0] * g[1] * g[2]
             assert total <= l[0] * l[1] * l[2] < total + l[0] * l[1], (name, g, l)
-            fits = all(a <= b for a, b in zip(g, lim))
+            fits = all(a <= b for a, b in zip(g, lim, strict=True))
             assert (l == g) == fits, (name, g, l)
             folded += not fits
     assert folded >= 4
@@ -263,7 +264,7 @@ def test_folded_launch_computes_the_same(varlen):
     assert all(l != g for _, g, l in grids)
     outs = [grads(lambda *a: hgrn2_emu(*a, cu_seqlens=cu, mode="tf32x3", grid_max=gm), *args, 0.3)
             for gm in (None, (3, 2, 65535))]
-    for a, b in zip(*outs):
+    for a, b in zip(*outs, strict=True):
         assert torch.equal(a, b)
 
 

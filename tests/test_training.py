@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from babylm_ds.config import parse
 from babylm_ds.training.config import build_ds_config
+from babylm_ds.training.dist import free_port
 from babylm_ds.training.sampler import ResumableSampler
 from babylm_ds.training.schedule import build_scheduler, lr_factor
-from babylm_ds.training.dist import free_port
 from launch import HANG_S, LAUNCH_ENV, ROOT, read_metrics
 
 PRETRAIN = str(ROOT / "launchers" / "pretrain.py")
@@ -70,9 +70,10 @@ def _dev_loss(model, data):
 def _check_export(out, data):
     """final/ reloads via AutoModelForCausalLM, equals DeepSpeed's own zero_to_fp32 consolidation of the
     last checkpoint (identical logits) and reproduces the engine's final dev loss."""
-    import babylm_ds.models  # noqa: F401
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoModelForCausalLM
+
+    import babylm_ds.models  # noqa: F401
     model = AutoModelForCausalLM.from_pretrained(out / "final").eval()
     ref = AutoModelForCausalLM.from_config(model.config).eval()
     missing, unexpected = ref.load_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(out / "checkpoints")),

@@ -94,7 +94,7 @@ def test_lstm_padding_is_ignored():
         ref_cache = model(x, use_cache=True).past_key_values
     torch.testing.assert_close(left[:, 4:], ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(right.logits[:, :11], ref, rtol=1e-5, atol=1e-6)
-    for a, b in zip(right.past_key_values.get_state(1), ref_cache.get_state(1)):
+    for a, b in zip(right.past_key_values.get_state(1), ref_cache.get_state(1), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the state skipped the right padding
     assert not torch.allclose(unmasked[:, 4:], ref, atol=1e-3)
     assert torch.equal(gen[0, 11:], solo[0, 7:])

@@ -13,7 +13,6 @@ import json
 import os
 
 import numpy as np
-
 from tqdm import tqdm
 
 from babylm_ds.utils.io import check_schema, read_json, sha256_file

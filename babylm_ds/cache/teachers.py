@@ -45,8 +45,9 @@ def teacher_info(path, weight):
 
 def load_teacher(path, device="cpu", dtype=torch.float32):
     """An HF causal LM in eval mode with requires_grad False (no optimizer state is ever made for it)."""
-    import babylm_ds.models  # noqa: F401  registers BabyHGRN with the Auto classes
     from transformers import AutoModelForCausalLM
+
+    import babylm_ds.models  # noqa: F401  registers BabyHGRN with the Auto classes
     with loading(path):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     model.requires_grad_(False)
@@ -56,7 +57,7 @@ def load_teacher(path, device="cpu", dtype=torch.float32):
 def load_teachers(paths, vocab_size, device="cpu", dtype=torch.float32):
     """load_teacher for each path; exits naming the first teacher whose vocab_size differs."""
     teachers = [load_teacher(p, device, dtype) for p in paths]
-    for path, t in zip(paths, teachers):
+    for path, t in zip(paths, teachers, strict=True):
         if t.config.vocab_size != vocab_size:
             raise SystemExit(f"error: teacher {path} has vocab_size {t.config.vocab_size}, expected {vocab_size}")
     return teachers
@@ -76,7 +77,7 @@ def combined_logits(teachers, weights, input_ids, output_hidden_states=False):
     With `output_hidden_states`, also returns each teacher's tuple of hidden states.
     """
     total, hidden = None, []
-    for teacher, w in zip(teachers, weights):
+    for teacher, w in zip(teachers, weights, strict=True):
         out = teacher(input_ids=input_ids, output_hidden_states=output_hidden_states, use_cache=False)
         logits = out.logits.float()
         if total is not None and logits.shape[-1] != total.shape[-1]:

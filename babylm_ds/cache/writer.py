@@ -20,7 +20,16 @@ from tqdm import tqdm
 from babylm_ds.losses import TAIL_MODES, cache_kl
 from babylm_ds.utils.io import atomic_path, atomic_write_json, lock_dir, read_json, sha256_file
 
-from .format import FORMAT_VERSION, MANIFEST, SHARD_DIR, config_sha, record_dtype, shard_name, shard_ranges, sidecar_name
+from .format import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SHARD_DIR,
+    config_sha,
+    record_dtype,
+    shard_name,
+    shard_ranges,
+    sidecar_name,
+)
 from .reader import TeacherCache
 
 _events = 0

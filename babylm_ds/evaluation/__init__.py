@@ -6,4 +6,5 @@ from .load import load_model
 from .perplexity import perplexity
 from .zeroshot import evaluate_model, score_texts
 
-__all__ = ["BENCHMARKS", "evaluate_bear", "evaluate_model", "load_model", "load_tasks", "perplexity", "read_benchmark", "score_texts"]
+__all__ = ["BENCHMARKS", "evaluate_bear", "evaluate_model", "load_model", "load_tasks", "perplexity", "read_benchmark",
+           "score_texts"]

@@ -23,7 +23,9 @@ DATASETS = {"blimp": ("blimp", "blimp_filtered"), "supplement": ("blimp", "suppl
 
 
 def _completions(bench, row):
-    return (" " + row["Target1"], " " + row["Target2"]) if bench == "ewok" else (row["sentence_good"], row["sentence_bad"])
+    if bench == "ewok":
+        return " " + row["Target1"], " " + row["Target2"]
+    return row["sentence_good"], row["sentence_bad"]
 
 
 def _report(accuracy):
@@ -47,7 +49,7 @@ def write_predictions(results_dir, model_name, decisions, data_dir=None, revisio
             if len(right) != len(rows[paradigm]):
                 raise ValueError(f"{bench}/{paradigm}: {len(right)} of {len(rows[paradigm])} items scored; the "
                                  "leaderboard needs every item (run without --limit)")
-            preds = [_completions(bench, row)[0 if ok else 1] for ok, row in zip(right, rows[paradigm])]
+            preds = [_completions(bench, row)[0 if ok else 1] for ok, row in zip(right, rows[paradigm], strict=True)]
             predictions[paradigm] = {"predictions": [{"id": f"{paradigm}_{i}", "pred": p} for i, p in enumerate(preds)]}
             accuracy[paradigm] = sum(right) / len(right)
         task, dataset = DATASETS[bench]

@@ -24,7 +24,8 @@ def build_parser():
     p.add_argument("--model", required=True, help="HF model dir, training output dir, or DeepSpeed checkpoint dir")
     add_verify_arg(p)
     p.add_argument("--tasks", default=",".join(BENCHMARKS),
-                   help="comma list of blimp, supplement, ewok or BENCH/PARADIGM (ewok adds ewok_swap), bear, bear_lite")
+                   help="comma list of blimp, supplement, ewok or BENCH/PARADIGM (ewok adds ewok_swap), "
+                        "bear, bear_lite")
     p.add_argument("--limit", type=int, default=None,
                    help="first N items per paradigm / instances per BEAR relation (default: all, ≈20 min on 2 CPU "
                         "cores for a 3M model)")
@@ -98,8 +99,8 @@ def run(args):
         result.update(bear.evaluate_bear(model, tokenizer, task, bear_limit, args.batch_size, args.data_dir, device,
                                          progress=True, relations=relations, per_item=args.items))
     if args.ppl_data:
-        result["perplexity"] = perplexity(model, args.ppl_data, args.ppl_split, max_seqs=args.ppl_max_seqs, progress=True,
-                                          per_sequence=args.items)
+        result["perplexity"] = perplexity(model, args.ppl_data, args.ppl_split, max_seqs=args.ppl_max_seqs,
+                                          progress=True, per_sequence=args.items)
     manifest = os.path.join(args.model, "manifest.json")
     result.update(model=os.path.abspath(args.model), tasks=args.tasks, limit=args.limit,
                   **({"bear_limit": bear_limit} if bear_tasks else {}),

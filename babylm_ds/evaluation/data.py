@@ -72,7 +72,8 @@ def read_benchmark(bench, data_dir=None):
             return rows
         if os.path.isfile(zpath):
             return _read_zip(zpath)
-    raise FileNotFoundError(f"no {bench} data in {root} (expected {_DIRS[bench][0]}/*.jsonl[.xz] or {_DIRS[bench][0]}.zip)")
+    raise FileNotFoundError(f"no {bench} data in {root} "
+                            f"(expected {_DIRS[bench][0]}/*.jsonl[.xz] or {_DIRS[bench][0]}.zip)")
 
 
 def _items(bench, rows):

@@ -52,7 +52,7 @@ def encode(tokenizer, pairs, seq_len):
     """Token ids of each (A, B) pair as the BabyLM pipeline gets them from an exported tokenizer: `<s> A <s> B`."""
     from babylm_ds.models.remote_code import with_bos
 
-    a, b = zip(*pairs)
+    a, b = zip(*pairs, strict=True)
     return with_bos(tokenizer)(list(a), list(b), truncation=True, max_length=seq_len)["input_ids"]
 
 
@@ -82,7 +82,8 @@ def predict(model, ids, pad_id, batch_size, device):
     model.eval()
     preds = [0] * len(ids)
     for idx, x, mask in batches(ids, sorted(range(len(ids)), key=lambda i: len(ids[i])), batch_size, pad_id):
-        for i, p in zip(idx, model(input_ids=x.to(device), attention_mask=mask.to(device)).logits.argmax(-1).tolist()):
+        logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits
+        for i, p in zip(idx, logits.argmax(-1).tolist(), strict=True):
             preds[i] = p
     return preds
 
@@ -139,7 +140,7 @@ def finetune_task(model_path, task, data, ft, device, verify=True):
     result = {**scores, "majority": max(counts) / len(valid_labels), "n_train": len(train_ids),
               "n_valid": len(valid_ids), "best_epoch": epoch, "epochs": epochs, "batch_size": batch_size,
               "lr": ft.lr, "steps": total, "select_on": spec.select_on, "history": history,
-              "predictions": preds, "correct": [int(p == y) for p, y in zip(preds, valid_labels)],
+              "predictions": preds, "correct": [int(p == y) for p, y in zip(preds, valid_labels, strict=True)],
               "seconds": round(time.time() - t0, 1)}
     return result, preds, model.eval(), tokenizer
 

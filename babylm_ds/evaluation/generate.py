@@ -20,12 +20,13 @@ def generate(model, tokenizer, prompt, max_new_tokens=40, greedy=False, temperat
         raise ValueError(f"temperature must be > 0 for sampling, got {temperature} (use --greedy)")
     torch.manual_seed(seed)
     device = next(model.parameters()).device
-    ids = torch.tensor([[bos_id(model, tokenizer)] + tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device)
+    ids = torch.tensor([[bos_id(model, tokenizer)] + tokenizer(prompt, add_special_tokens=False)["input_ids"]],
+                       device=device)
     sampling = {} if greedy else {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=not greedy,
-                             num_return_sequences=1 if greedy else num_samples, pad_token_id=pad,
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=not greedy, num_return_sequences=1 if greedy else num_samples, pad_token_id=pad,
                              eos_token_id=tokenizer.eos_token_id, use_cache=True, **sampling)
     return [tokenizer.decode(seq[ids.shape[1]:], skip_special_tokens=True) for seq in out]
 

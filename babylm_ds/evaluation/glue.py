@@ -130,7 +130,7 @@ def convert_superglue(src, out_dir):
     """Write `out_dir/{rte,wsc}.{train,valid}.jsonl.xz` from SuperGLUE's `src/{RTE,WSC}/{train,val}.jsonl`."""
     paths = []
     for task in ("rte", "wsc"):
-        for split, name in zip(SPLITS, ("train", "val")):
+        for split, name in zip(SPLITS, ("train", "val"), strict=True):
             with open(os.path.join(src, task.upper(), f"{name}.jsonl"), encoding="utf-8") as f:
                 rows = [superglue_to_babylm(task, json.loads(line)) for line in f if line.strip()]
             path = os.path.join(out_dir, f"{task}.{split}.jsonl.xz")

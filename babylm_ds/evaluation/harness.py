@@ -56,7 +56,8 @@ def _group(name, members):
 def task_files(data_dir=None, delimiter='""'):
     """{file name: YAML text} of every task and group, for the paradigms found in `data_dir`
     (`delimiter`: lm-eval's target_delimiter as YAML; lm-eval's stock BLiMP uses " ")."""
-    files = {"_babylm_template_yaml": TEMPLATE.format(delimiter=delimiter), "babylm.yaml": _group("babylm", [task_name(b) for b in BENCHMARKS])}
+    files = {"_babylm_template_yaml": TEMPLATE.format(delimiter=delimiter),
+             "babylm.yaml": _group("babylm", [task_name(b) for b in BENCHMARKS])}
     for bench in BENCHMARKS:
         paradigms = sorted(read_benchmark(bench, data_dir))
         files[f"{task_name(bench)}.yaml"] = _group(task_name(bench), [task_name(bench, p) for p in paradigms])
@@ -136,11 +137,11 @@ def compare(model_dir, limit=None, delimiter='""', batch_size=64):
     for key, rows in items.items():
         bench, paradigm = key.split("/", 1)
         n += len(rows)
-        differ += sum(bool(r[0]) != right for r, right in zip(rows, ours[bench][paradigm]))
+        differ += sum(bool(r[0]) != right for r, right in zip(rows, ours[bench][paradigm], strict=False))
         scores = score_texts(model, tokenizer, [p[:2] for p in pairs[bench][paradigm]] +
                              [p[2:] for p in pairs[bench][paradigm]], batch_size)
         got = [r[1] for r in rows] + [r[2] for r in rows]
-        gap = max([gap] + [abs(a - b) for a, b in zip(got, scores)])
+        gap = max([gap] + [abs(a - b) for a, b in zip(got, scores, strict=False)])
     return n, differ, gap
 
 

@@ -38,7 +38,8 @@ def _empty_model(ckpt_dir):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if cfg_dir := _find_up(ckpt_dir, "config.json"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg_dir)), _find_up(ckpt_dir, "tokenizer_config.json")
+        return (AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg_dir)),
+                _find_up(ckpt_dir, "tokenizer_config.json"))
     run_dir = _find_up(ckpt_dir, "config.yaml")
     if run_dir is None:
         return None, None
@@ -65,8 +66,9 @@ def load_model(path, device="cpu", dtype=None, verify=True):
     Verified: an HF dir against its manifest.json, a checkpoint against its checksums.json (models.manifest);
     any error of the libraries while loading is one line (a ValueError).
     """
-    import babylm_ds.models  # noqa: F401  (registers BabyHGRN with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import babylm_ds.models  # noqa: F401  (registers BabyHGRN with the Auto classes)
 
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
@@ -83,18 +85,21 @@ def load_model(path, device="cpu", dtype=None, verify=True):
             model, tok_dir = _empty_model(found[0]) if found else (None, None)
         if model is None:
             raise ValueError(f"{path} is neither an HF model dir (config.json) nor a DeepSpeed checkpoint "
-                             "(a dir with `latest`, or a tag dir with *model_states.pt) of a run with config.json or config.yaml")
+                             "(a dir with `latest`, or a tag dir with *model_states.pt) of a run with config.json "
+                             "or config.yaml")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         verify_model_dir(os.path.join(*found), verify, CHECKSUMS)
         with loading(path):
             state = get_fp32_state_dict_from_zero_checkpoint(found[0], tag=found[1])
-        missing, unexpected = model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=False)
+        missing, unexpected = model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()},
+                                                    strict=False)
         if getattr(model.config, "tie_word_embeddings", False):
             missing = [k for k in missing if k != "lm_head.weight"]
         unexpected = [k for k in unexpected if not k.startswith("kd_proj.")]  # distillation-only projections
         if missing or unexpected:
-            raise ValueError(f"checkpoint {path} does not match its model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(f"checkpoint {path} does not match its model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
         model.tie_weights()
     if tok_dir is None:
         raise ValueError(f"no tokenizer (tokenizer_config.json) found with {path}")
@@ -106,10 +111,11 @@ def load_model(path, device="cpu", dtype=None, verify=True):
 def load_classifier(path, num_labels, device="cpu", verify=True):
     """(model, tokenizer) to fine-tune: the HF model dir `path` (or `path/final`) in fp32 with a new
     `num_labels`-way head (`AutoModelForSequenceClassification`); verified and loaded as by `load_model`."""
-    import babylm_ds.models  # noqa: F401  (registers the project's families)
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
     from transformers.utils import logging
+
+    import babylm_ds.models  # noqa: F401  (registers the project's families)
 
     path = os.path.abspath(os.fspath(path))
     hf_dir = path if _has(path, "config.json") else os.path.join(path, "final")
@@ -123,7 +129,8 @@ def load_classifier(path, num_labels, device="cpu", verify=True):
         config = AutoConfig.from_pretrained(hf_dir)
     if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
         raise ValueError(f"{hf_dir}: transformers has no sequence-classification class for model_type "
-                         f"{config.model_type!r} (Mamba has none); fine-tune a BabyHGRN, BabyLSTM, Llama or GPT-2 model")
+                         f"{config.model_type!r} (Mamba has none); "
+                         "fine-tune a BabyHGRN, BabyLSTM, Llama or GPT-2 model")
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the new head's "newly initialized" report
     try:

@@ -37,7 +37,7 @@ def score_texts(model, tokenizer, texts, batch_size=64, device=None, progress=Fa
     enc = lambda xs: tokenizer(xs, add_special_tokens=False)["input_ids"] if xs else []  # noqa: E731
     prefixes = enc([p for p, _ in texts])
     conts = enc([c for _, c in texts])
-    seqs = [[bos] + p + c for p, c in zip(prefixes, conts)]
+    seqs = [[bos] + p + c for p, c in zip(prefixes, conts, strict=True)]
     starts = [1 + len(p) for p in prefixes]
     device = model_device(model, device)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -59,7 +59,7 @@ def score_texts(model, tokenizer, texts, batch_size=64, device=None, progress=Fa
             start = torch.tensor([starts[i] - 1 for i in idx], device=device)
             end = torch.tensor([len(seqs[i]) - 1 for i in idx], device=device)
             mask = (pos >= start[:, None]) & (pos < end[:, None])
-            for i, s in zip(idx, (logp * mask).sum(-1).tolist()):
+            for i, s in zip(idx, (logp * mask).sum(-1).tolist(), strict=True):
                 scores[i] = s
     finally:
         model.train(was_training)

@@ -108,7 +108,7 @@ def kd_loss_full(student_logits, teacher_logits, labels, alpha=0.5, temperature=
 def hidden_mse(student_hidden, teacher_hidden, projections, layer_map):
     """Deep supervision: mean over pairs (s, t) of MSE(proj(student_hidden[s]), teacher_hidden[t])."""
     losses = [F.mse_loss(proj(student_hidden[s]).float(), teacher_hidden[t].float())
-              for proj, (s, t) in zip(projections, layer_map)]
+              for proj, (s, t) in zip(projections, layer_map, strict=True)]
     return torch.stack(losses).mean()
 
 

@@ -4,10 +4,18 @@ The zoo (`babylm_ds.models.zoo`: presets, builders) is imported on first use of 
 registration does not pay for the Llama / GPT-2 / Mamba modeling imports.
 """
 from babylm_ds.models.babyhgrn import (
-    BabyHGRNConfig, BabyHGRNForCausalLM, BabyHGRNForSequenceClassification, BabyHGRNModel, HGRN2Cache,
+    BabyHGRNConfig,
+    BabyHGRNForCausalLM,
+    BabyHGRNForSequenceClassification,
+    BabyHGRNModel,
+    HGRN2Cache,
 )
 from babylm_ds.models.lstm import (
-    BabyLSTMCache, BabyLSTMConfig, BabyLSTMForCausalLM, BabyLSTMForSequenceClassification, BabyLSTMModel,
+    BabyLSTMCache,
+    BabyLSTMConfig,
+    BabyLSTMForCausalLM,
+    BabyLSTMForSequenceClassification,
+    BabyLSTMModel,
 )
 
 _ZOO = ("PRESETS", "build_model", "check_model_arg", "count_parameters", "model_from_arg", "preset_names")

@@ -64,7 +64,9 @@ def facts(cfg, summary, command, ds_config, extra=None):
 
 
 def _fmt(x):
-    return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else (f"{x:.4f}" if isinstance(x, float) else str(x))
+    if isinstance(x, int) and not isinstance(x, bool):
+        return f"{x:,}"
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
 def render(card):

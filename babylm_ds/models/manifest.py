@@ -22,8 +22,8 @@ def write_manifest(folder):
     """Write `folder`/manifest.json listing {file: {"size", "sha256"}} of every file in it."""
     files = sorted(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)) and f != MANIFEST)
     atomic_write_json(os.path.join(folder, MANIFEST),
-                      {f: {"size": os.path.getsize(os.path.join(folder, f)), "sha256": sha256_file(os.path.join(folder, f))}
-                       for f in files})
+                      {f: {"size": os.path.getsize(os.path.join(folder, f)),
+                           "sha256": sha256_file(os.path.join(folder, f))} for f in files})
 
 
 def verify_model_dir(folder, verify=True, listing=MANIFEST):

@@ -8,7 +8,9 @@ import torch.nn as nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, LinearAttentionLayer
 from transformers.modeling_outputs import (
-    BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast,
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
 )
 
 

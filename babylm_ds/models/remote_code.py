@@ -171,7 +171,8 @@ def generate(module_name, local=None, title=""):
                                                                   not s.startswith("import "), s))
     imports += [f"from {rel} import {', '.join(sorted(names))}" for rel, names in sorted(bundle.local_imports.items())]
     parts = ["\n".join(header), "\n".join(imports)]
-    parts += [f"# ---- {os.path.relpath(f, _REPO)} ----\n\n{bundle.body(n)}" for n, f in zip(bundle.order, files)]
+    parts += [f"# ---- {os.path.relpath(f, _REPO)} ----\n\n{bundle.body(n)}"
+              for n, f in zip(bundle.order, files, strict=True)]
     if bundle.aliases:  # served names imported under another name, right after the shim that defines them
         i = 2 + bundle.order.index(_SHIM)
         parts[i] += "\n\n" + "\n".join(f"{alias} = {name}" for alias, name in sorted(bundle.aliases.items()))

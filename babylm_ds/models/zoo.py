@@ -7,7 +7,13 @@ import os
 
 import torch
 from transformers import (
-    AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MambaConfig,
+    AutoConfig,
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MambaConfig,
     MambaForCausalLM,
 )
 
@@ -52,7 +58,8 @@ def _lstm(d, cell, layers, tie=False):
 # architecture comparisons: 4.8M (width 192, tied embeddings; CPU-sized) and the BabyHGRN paper's 360M.
 PRESETS = {
     "babyllama-58m": dict(family="llama", role="student", config=_llama(512, 16, 8, 1024)),
-    "babyhgrn-58m": dict(family="babyhgrn", role="student", config=_hgrn(512, 16, intermediate_size=1024)),  # = the above
+    "babyhgrn-58m": dict(family="babyhgrn", role="student",  # = the above
+                         config=_hgrn(512, 16, intermediate_size=1024)),
     "llama-360m": dict(family="llama", role="teacher", config=_llama(1024, 24, 8, 3072)),
     "gpt2-705m": dict(family="gpt2", role="teacher", config=_gpt2(1536, 24, 16)),
     "llama-16m": dict(family="llama", role="student", config=_llama(256, 8, 8, 1024)),

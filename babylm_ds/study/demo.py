@@ -90,7 +90,7 @@ def demo_spec(values):
         template, presets = archs.pop("teacher"), values["teachers:model.name"]
         names = ["teacher"] if len(presets) == 1 else [f"teacher-{p}" for p in presets]
         raw["architectures"] = archs = {**{n: {**template, "model": p, "training": dict(template["training"])}
-                                           for n, p in zip(names, presets)}, **archs}
+                                           for n, p in zip(names, presets, strict=True)}, **archs}
         kd["teachers"] = names
     steps = values.get("student:optim.max_steps")
     teacher_steps = values.get("teachers:optim.max_steps") or (2 * steps if steps else None)
@@ -108,7 +108,8 @@ def demo_spec(values):
         elif path == "run.seed":
             raw["seeds"] = [value]
         elif path.startswith("finetune."):
-            raw["evaluation"]["finetune"] = {**(raw["evaluation"].get("finetune") or {}), path[len("finetune."):]: value}
+            raw["evaluation"]["finetune"] = {**(raw["evaluation"].get("finetune") or {}),
+                                             path[len("finetune."):]: value}
         elif not scope and path in where:
             section, key = where[path]
             if path in ("run.ds_config", "data.corpus") and value:

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 
-from babylm_ds.evaluation import report as eval_report
-from babylm_ds.evaluation import stats
+from babylm_ds.evaluation import report as eval_report, stats
 from babylm_ds.evaluation.glue import TASKS as GLUE
 from babylm_ds.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 
@@ -100,8 +99,9 @@ def finetune_table(runs):
     """Markdown: every fine-tuning score of every fine-tuned run (`runs`: {run: {task: result}})."""
     lines = ["| run | task | accuracy | F1 | MCC | majority | train / valid | epochs (kept) | seconds |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {t} | {100 * r['accuracy']:.1f} | {100 * r['f1']:.1f} | {r['mcc']:.3f} | {100 * r['majority']:.1f} "
-              f"| {r['n_train']} / {r['n_valid']} | {r['epochs']} ({r['best_epoch']}) | {r['seconds']} |"
+    lines += [f"| {n} | {t} | {100 * r['accuracy']:.1f} | {100 * r['f1']:.1f} | {r['mcc']:.3f} "
+              f"| {100 * r['majority']:.1f} | {r['n_train']} / {r['n_valid']} | {r['epochs']} ({r['best_epoch']}) "
+              f"| {r['seconds']} |"
               for n, tasks in runs.items() for t, r in tasks.items()]
     return "\n".join(lines) + "\n"
 
@@ -136,8 +136,10 @@ def markdown(spec, res):
     lines = [f"# Study `{res['name']}`", "",
              f"Learning rates per architecture: {lrs}; {len(spec['seeds'])} seed(s); {steps} of "
              f"{spec['data']['seq_len']}-token sequences. The lr of each architecture is selected on final dev loss "
-             "(never on the benchmarks below); students train at their architecture's selected lr for the same steps.",
-             "", "## Learning-rate sweep (final dev loss; * selected)", "", "| run | lr | dev loss |", "|---|---:|---:|"]
+             "(never on the benchmarks below); students train at their architecture's selected lr for the "
+             "same steps.",
+             "", "## Learning-rate sweep (final dev loss; * selected)", "",
+             "| run | lr | dev loss |", "|---|---:|---:|"]
     for name, r in res["sweep"].items():
         lines.append(f"| {name} | {r['lr']:g} | {r['dev_loss']:.4f}{' *' if r['selected'] else ''} |")
     lines += ["", f"## Final scores (%, 95% bootstrap interval over items"
@@ -145,8 +147,8 @@ def markdown(spec, res):
               "| model | params | " + " | ".join(_header(r, res["final"]) for r in rows) + " |",
               "|---|---:|" + "---:|" * len(rows)]
     for group, f in res["final"].items():
-        lines.append(f"| {group} | {f['params'] / 1e6:.2f}M | " + " | ".join(_fmt(r, f[r]["value"], f[r]["ci95"]) if r in f else "-"
-                                                   for r in rows) + " |")
+        lines.append(f"| {group} | {f['params'] / 1e6:.2f}M | "
+                     + " | ".join(_fmt(r, f[r]["value"], f[r]["ci95"]) if r in f else "-" for r in rows) + " |")
     lines += ["", "## Paired differences (same items; 95% bootstrap interval)", "",
               "| comparison | " + " | ".join(_header(r, {}) for r in rows) + " |",
               "|---|" + "---:|" * len(rows)]
@@ -155,7 +157,8 @@ def markdown(spec, res):
                                                  for r in rows) + " |")
     lines += ["", f"## Every score (%, {items})", "", res["scores"].rstrip("\n")]
     if res["finetune"]:
-        lines += ["", "## Fine-tuning (%, valid split; MCC in [-1, 1])", "", finetune_table(res["finetune"]).rstrip("\n")]
+        lines += ["", "## Fine-tuning (%, valid split; MCC in [-1, 1])", "",
+                  finetune_table(res["finetune"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -173,7 +176,7 @@ def plot(path, res):
         for name in shown:
             pts = res["curves"][name].get(key, [])
             if pts:
-                xs, ys = zip(*pts)
+                xs, ys = zip(*pts, strict=True)
                 ys = [100 * y for y in ys] if key != "loss" else ys
                 ax.plot(xs, ys, marker="o", label=name)
                 ax.annotate(f"{ys[-1]:.1f}" if key != "loss" else f"{ys[-1]:.3f}", (xs[-1], ys[-1]), fontsize=7)
@@ -186,7 +189,7 @@ def plot(path, res):
     archs = sorted({r["arch"] for r in res["sweep"].values()})
     for arch in archs:
         pts = sorted((r["lr"], r["dev_loss"]) for r in res["sweep"].values() if r["arch"] == arch)
-        axes[2].plot(*zip(*pts), marker="o", label=f"{arch} (selected {res['selected_lr'][arch]:g})")
+        axes[2].plot(*zip(*pts, strict=True), marker="o", label=f"{arch} (selected {res['selected_lr'][arch]:g})")
     axes[2].set_xscale("log")
     axes[2].set_xlabel("learning rate")
     axes[2].set_ylabel("final dev loss")

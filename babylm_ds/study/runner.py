@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from babylm_ds.config import Config, to_argv, updated
 from babylm_ds.study.spec import run_values, student_runs, sweep_runs
-from babylm_ds.training.jobs import JobError, ROOT, job_env, launch_cmd, run_cmd, run_stage, verify_run
+from babylm_ds.training.jobs import ROOT, JobError, job_env, launch_cmd, run_cmd, run_stage, verify_run
 from babylm_ds.utils.io import atomic_write_json, sha256_file
 
 PHASES = ("prepare", "train", "distill", "eval", "report")
@@ -32,8 +32,8 @@ def select_lr(spec, dev_loss):
     Selection never looks at the zero-shot benchmarks that the study reports."""
     best = {}
     for arch, a in spec["architectures"].items():
-        mean = {lr: sum(dev_loss[r.name] for r in sweep_runs(spec) if r.arch == arch and r.lr == lr) / len(spec["seeds"])
-                for lr in a["lrs"]}
+        runs = [r for r in sweep_runs(spec) if r.arch == arch]
+        mean = {lr: sum(dev_loss[r.name] for r in runs if r.lr == lr) / len(spec["seeds"]) for lr in a["lrs"]}
         finite = {lr: v for lr, v in mean.items() if math.isfinite(v)}
         if not finite:
             raise JobError(f"every learning rate of architecture {arch!r} diverged (dev loss {mean}); lower them")
@@ -259,7 +259,8 @@ class Study:
         from babylm_ds.models import count_parameters
 
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(os.path.join(self.run_dir(run), "final")))
+            hf_config = AutoConfig.from_pretrained(os.path.join(self.run_dir(run), "final"))
+            model = AutoModelForCausalLM.from_config(hf_config)
         return count_parameters(model)
 
     # --- the study -----------------------------------------------------------------------------
@@ -293,18 +294,18 @@ class Study:
         sweep = sweep_runs(self.spec)
         summaries = dict(zip([r.name for r in sweep], self._pool(self.train, sweep) if "train" in phases else
                              [_read_json(os.path.join(self.run_dir(r), "summary.json"), f"run {r.name}")
-                              for r in sweep]))
+                              for r in sweep], strict=True))
         best = select_lr(self.spec, {name: s["dev_loss"] for name, s in summaries.items()})
         print("selected on dev loss: " + ", ".join(f"{a} lr={lr:g}" for a, lr in best.items()), flush=True)
         students = student_runs(self.spec, best)
         if "distill" in phases:
             summaries.update(zip([r.name for r in students],
-                                 self._pool(lambda r, slot: self.distil(r, slot, best), students)))
+                                 self._pool(lambda r, slot: self.distil(r, slot, best), students), strict=True))
         finals = [r for r in sweep if r.lr == best[r.arch]] + students
         tuned = self.tuned(finals)
         if "eval" in phases:
-            evals = dict(zip([r.name for r in finals], self._pool(self.evaluate, finals)))
-            for r, tasks in zip(tuned, self._pool(self.finetune, tuned)):
+            evals = dict(zip([r.name for r in finals], self._pool(self.evaluate, finals), strict=True))
+            for r, tasks in zip(tuned, self._pool(self.finetune, tuned), strict=True):
                 evals[r.name]["finetune"] = tasks
         result = None
         if "report" in phases:
@@ -316,7 +317,8 @@ class Study:
                                                            f"fine-tuning of {r.name}")["tasks"]
             summaries.update({r.name: _read_json(os.path.join(self.run_dir(r), "summary.json"), f"run {r.name}")
                               for r in students if r.name not in summaries})
-            params = {arch: self.params(next(r for r in sweep if r.arch == arch)) for arch in self.spec["architectures"]}
+            params = {arch: self.params(next(r for r in sweep if r.arch == arch))
+                      for arch in self.spec["architectures"]}
             result = report.build(self.spec, {r.name: self.steps(r) for r in sweep + students}, sweep, students, best,
                                   summaries, evals, {r.name: os.path.join(self.run_dir(r), "metrics.jsonl")
                                                      for r in sweep + students}, params)

@@ -62,7 +62,7 @@ def epochs_that_fit(cost, budgets, max_epochs=MAX_EPOCHS):
     """The largest whole number of epochs E <= max_epochs with cost(E) = [seconds of each phase] within
     SAFETY x budgets, or the largest fraction of one (to 0.05) when E = 1 does not fit; None if no
     training fits at all. `cost` must be non-decreasing in E."""
-    fits = lambda e: all(c <= SAFETY * b for c, b in zip(cost(e), budgets))  # noqa: E731
+    fits = lambda e: all(c <= SAFETY * b for c, b in zip(cost(e), budgets, strict=True))  # noqa: E731
     if fits(1):
         return max(e for e in range(1, max_epochs + 1) if fits(e))
     fractions = [f / 20 for f in range(19, 0, -1) if fits(f / 20)]

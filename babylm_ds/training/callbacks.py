@@ -2,9 +2,10 @@
 
 `Trainer.train` calls each hook of every callback, in list order: `on_train_start`, then per step
 `on_step_start` and `on_step_end`, `on_epoch_end` at each epoch end (and first of all when resumed at one:
-its checkpoint came before the evaluation), `on_train_end` once the loop is over. The callbacks share the loop's `TrainState`; one that sets `state.stop` (e.g. `StopOnSignal`)
-ends the loop after this step: `on_train_end` still runs (a checkpoint is saved) and the run is not
-exported. `default_callbacks(cfg)` is the list a launcher runs; append to it for more.
+its checkpoint came before the evaluation), `on_train_end` once the loop is over. The callbacks share the
+loop's `TrainState`; one that sets `state.stop` (e.g. `StopOnSignal`) ends the loop after this step:
+`on_train_end` still runs (a checkpoint is saved) and the run is not exported. `default_callbacks(cfg)` is
+the list a launcher runs; append to it for more.
 """
 import math
 import os

@@ -11,8 +11,7 @@ reader is stateless given a batch's idx, so resume needs nothing more. The recip
 import torch
 import torch.distributed as dist
 
-from babylm_ds.cache import (TeacherCache, check_teacher, combined_logits, load_teachers, normalise_weights,
-                             teacher_info)
+from babylm_ds.cache import TeacherCache, check_teacher, combined_logits, load_teachers, normalise_weights, teacher_info
 from babylm_ds.losses import hidden_mse, kd_loss, kd_loss_full
 from babylm_ds.training.config import build_ds_config
 
@@ -84,7 +83,7 @@ def shard_teachers(teachers, paths, ds_config):
                                       "train_batch_size")}
     tcfg.update(zero_optimization={"stage": 3}, bf16=ds_config.get("bf16", {"enabled": False}), steps_per_print=10**9)
     engines = [deepspeed.initialize(model=t, config=tcfg)[0] for t in teachers]
-    for path, engine in zip(paths, engines):
+    for path, engine in zip(paths, engines, strict=True):
         engine.eval()  # DeepSpeedEngine.eval() returns None
         held = sum(p.ds_tensor.numel() for p in engine.module.parameters())
         total = sum(p.ds_numel for p in engine.module.parameters())
@@ -129,7 +128,7 @@ def card_facts(d, cache):
         teachers, k = cache.config["teachers"], cache.config["k"]
     else:
         weights = normalise_weights(d.teacher_weights, len(d.teachers))
-        teachers, k = [teacher_info(p, w) for p, w in zip(d.teachers, weights)], None
+        teachers, k = [teacher_info(p, w) for p, w in zip(d.teachers, weights, strict=True)], None
     return {"distillation": {"teachers": [{key: t[key] for key in ("name", "model_type", "weight")} for t in teachers],
                              "k": k, "alpha": d.alpha, "temperature": d.temperature}}
 

@@ -4,9 +4,10 @@ On a rank (launchers/_preamble.py, a launcher script's first lines, records the 
 imports and who launched it; the script calls `install` once imported):
 - before `arm()` (start-up: imports, data checks, model build) a stop signal ends the process at once with
   EXIT_STOPPED and one line: nothing has been trained, nothing is lost;
-- once armed (the training loop: `callbacks.StopOnSignal`; the cache's shard loop) a signal is only recorded; `requested()`, a
-  collective called once per optimizer step (or cache shard), tells every rank whether any rank got one,
-  so all ranks save the same checkpoint and end together with `stop()`: one line, exit EXIT_STOPPED;
+- once armed (the training loop: `callbacks.StopOnSignal`; the cache's shard loop) a signal is only recorded;
+  `requested()`, a collective called once per optimizer step (or cache shard), tells every rank whether any
+  rank got one, so all ranks save the same checkpoint and end together with `stop()`: one line, exit
+  EXIT_STOPPED;
 - after `disarm()` (the run is finishing: final save, export) signals are ignored.
 A second signal never interrupts a save; a SIGKILL that follows leaves the last sealed checkpoint in charge.
 
@@ -103,7 +104,7 @@ def requested(step=None):
         if dist.get_backend() == "nccl":
             flags = flags.cuda()
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    hit = [s for s, f in zip(SIGNALS, flags.tolist()) if f]
+    hit = [s for s, f in zip(SIGNALS, flags.tolist(), strict=True) if f]
     return _name(hit[0]) if hit else None
 
 
@@ -153,7 +154,8 @@ def _watch_launchers(ancestors):
 
     def intact():
         with contextlib.suppress(psutil.Error):
-            return all(psutil.Process(child).ppid() == parent for child, parent in zip([os.getpid(), *pids], pids))
+            return all(psutil.Process(child).ppid() == parent
+                       for child, parent in zip([os.getpid(), *pids], pids, strict=False))  # pids: one fewer
         return False
 
     if not intact():

@@ -92,7 +92,8 @@ class Trainer:
         self.callbacks = default_callbacks(cfg) if callbacks is None else list(callbacks)
         self.rank, self.world = init_distributed(cfg.run.dist_timeout)
         self.ds_config = build_ds_config(cfg, self.world)
-        self.micro, self.accum = self.ds_config["train_micro_batch_size_per_gpu"], self.ds_config["gradient_accumulation_steps"]
+        self.micro = self.ds_config["train_micro_batch_size_per_gpu"]
+        self.accum = self.ds_config["gradient_accumulation_steps"]
         if self.ds_config.get("bf16", {}).get("enabled") and not torch.cuda.is_available() and self.rank == 0:
             print("warning: bf16 on CPU is ≈7.7x slower than fp32 (measured on this project's tiny models); "
                   "leave --bf16 off on CPU", file=sys.stderr, flush=True)
@@ -104,7 +105,8 @@ class Trainer:
         warmup = cfg.optim.warmup_steps
         # the configuration this run resolves to, saved as OUT/config.yaml
         self.cfg = updated(resolve(cfg, self.ds_config), {
-            "optim.max_steps": self.total_steps, "optim.warmup_steps": self.total_steps // 10 if warmup is None else warmup})
+            "optim.max_steps": self.total_steps,
+            "optim.warmup_steps": self.total_steps // 10 if warmup is None else warmup})
         self.ckpt_dir = os.path.join(cfg.run.out, "checkpoints")
         self.metrics_path = os.path.join(cfg.run.out, "metrics.jsonl")
         self.tb = self.bar = None
@@ -239,12 +241,12 @@ class Trainer:
             self.watchdog.beat()
             names = names or sorted(metrics)
             values = [float(metrics[k]) for k in names]
-            sums = values if sums is None else [a + b for a, b in zip(sums, values)]
+            sums = values if sums is None else [a + b for a, b in zip(sums, values, strict=True)]
             total += loss.item()
         stats = torch.tensor([total, *sums], dtype=torch.float64)
         dist.all_reduce(stats)
         stats = (stats / (self.world * self.accum)).tolist()
-        return stats[0], dict(zip(names, stats[1:]))
+        return stats[0], dict(zip(names, stats[1:], strict=True))
 
     # --- evaluation and checkpoints (called by the callbacks) ---------------------------------
     @torch.no_grad()

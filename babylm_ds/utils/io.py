@@ -16,7 +16,8 @@ def atomic_path(path):
     permissions a plain open() would give, not mkstemp's 0600)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=os.path.dirname(os.path.abspath(path)))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path),
+                               dir=os.path.dirname(os.path.abspath(path)))
     os.close(fd)
     try:
         yield tmp

@@ -10,7 +10,11 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from babylm_ds.layers import HGRN2Attention, SwiGLU
 from babylm_ds.models.babyhgrn.configuration import BabyHGRNConfig
 from babylm_ds.models.recurrent import (
-    RecurrentCache, RecurrentForCausalLM, RecurrentForSequenceClassification, RecurrentModel, RecurrentPreTrainedModel,
+    RecurrentCache,
+    RecurrentForCausalLM,
+    RecurrentForSequenceClassification,
+    RecurrentModel,
+    RecurrentPreTrainedModel,
 )
 
 

@@ -6,7 +6,11 @@ import torch
 import torch.nn as nn
 
 from babylm_ds.models.recurrent import (
-    RecurrentCache, RecurrentForCausalLM, RecurrentForSequenceClassification, RecurrentModel, RecurrentPreTrainedModel,
+    RecurrentCache,
+    RecurrentForCausalLM,
+    RecurrentForSequenceClassification,
+    RecurrentModel,
+    RecurrentPreTrainedModel,
 )
 
 from .configuration import BabyLSTMConfig

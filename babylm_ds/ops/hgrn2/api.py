@@ -35,7 +35,7 @@ def _debug():
     return os.environ.get("BABYLM_DS_DEBUG") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _selfcheck(name, device, dtype, H, K, V):
     """(ok, reason): run backend `name` forward + backward once on a small input with this head
     layout (compiling its kernels) and compare with the torch backend; lets auto skip a broken setup."""
@@ -55,7 +55,7 @@ def _selfcheck(name, device, dtype, H, K, V):
         msg = (str(e).strip().splitlines() or [""])[0]
         return False, f"self-check raised {type(e).__name__}: {msg}"
     tol = 1e-2 if dtype == torch.float32 else 5e-2
-    for x, a, b in zip(("o", "dq", "dk", "dv", "dg"), *outs):
+    for x, a, b in zip(("o", "dq", "dk", "dv", "dg"), *outs, strict=True):
         err = ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1)).item()
         if not err <= tol:
             return False, f"self-check mismatch in {x} (relative error {err:.2g})"
@@ -132,7 +132,7 @@ def _check_offsets(cu_seqlens, q):
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {q.device}")
     if cu_seqlens.device.type == "cpu" or _debug():
         offs = cu_seqlens.tolist()
-        if offs[0] != 0 or offs[-1] != q.shape[1] or any(a >= b for a, b in zip(offs, offs[1:])):
+        if offs[0] != 0 or offs[-1] != q.shape[1] or any(a >= b for a, b in zip(offs, offs[1:], strict=False)):
             raise ValueError(f"cu_seqlens must rise strictly from 0 to T = {q.shape[1]} "
                              f"(no empty sequences), got {offs}")
 
@@ -153,7 +153,7 @@ def _check(q, k, v, g, state, step, cu_seqlens=None):
     if v.shape[:-1] != q.shape[:-1]:
         raise ValueError(f"v shape {tuple(v.shape)} must match q shape {tuple(q.shape)} "
                          "up to the last dim")
-    for d, n in zip("BHK" if step else "BTHK", q.shape):
+    for d, n in zip("BHK" if step else "BTHK", q.shape, strict=True):
         if n == 0:
             raise ValueError(f"q, k, v, g have an empty {_DIMS[d]} dimension ({d} = 0)")
     if v.shape[-1] == 0:
@@ -179,10 +179,10 @@ def _check(q, k, v, g, state, step, cu_seqlens=None):
 def _per_sequence(fn, q, k, v, g, scale, initial_state, output_final_state, offsets):
     """Packed sequences through a backend without varlen support: one call per sequence."""
     outs = []
-    for n, (s, e) in enumerate(zip(offsets[:-1], offsets[1:])):
+    for n, (s, e) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
         h0 = None if initial_state is None else initial_state[n:n + 1]
         outs.append(fn(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, h0, output_final_state))
-    o, ht = zip(*outs)
+    o, ht = zip(*outs, strict=True)
     return torch.cat(o, 1), (torch.cat(ht) if output_final_state else None)
 
 

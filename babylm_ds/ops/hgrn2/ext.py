@@ -23,7 +23,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_selfcheck(device, dtype):
     """Run the CUDA kernels once per device and dtype (forward and all gradients) against the float64
     per-step oracle on the same (rounded) inputs, synchronizing before reading anything back so that an
@@ -49,7 +49,7 @@ def _cuda_selfcheck(device, dtype):
     except Exception as e:  # launch, resource and asynchronous faults alike
         msg = " ".join(str(e).split())[:300]
         return False, f"{what}: the kernels raised {type(e).__name__}: {msg}"
-    for name, a, b in zip(("o", "ht", "dq", "dk", "dv", "dg", "dh0"), got, ref):
+    for name, a, b in zip(("o", "ht", "dq", "dk", "dv", "dg", "dh0"), got, ref, strict=True):
         err = (a - b).abs().max().item() / max(b.abs().max().item(), 1e-6)
         if not err < SELFCHECK_TOL[dtype]:
             return False, f"{what}: {name} relative error {err:.2e} >= {SELFCHECK_TOL[dtype]:.0e}"

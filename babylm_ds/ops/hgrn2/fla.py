@@ -2,7 +2,8 @@
 
 Same layout as ours ([B, T, H, K], state [N, H, K, V], cu_seqlens offsets); this wrapper adds our
 conventions: o in the inputs' dtype, an fp32 final state, and fp32 inputs only when TF32 matmuls
-are allowed (torch.set_float32_matmul_precision('high')), because chunk_gla computes its dots in tf32 (relative error ~1e-3 vs the oracle).
+are allowed (torch.set_float32_matmul_precision('high')), because chunk_gla computes its dots in tf32
+(relative error ~1e-3 vs the oracle).
 """
 import torch
 
