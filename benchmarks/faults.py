@@ -24,6 +24,7 @@ benchmarks/results/faults.json (--json).
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -281,8 +282,7 @@ class Suite:
             corrupt = missing = duplicated = 0
             if ok:
                 cache = TeacherCache(out)
-                duplicated = sum(1 for a, b in zip(cache.shards, cache.shards[1:], strict=False)
-                                 if b["start"] < a["end"])
+                duplicated = sum(1 for a, b in itertools.pairwise(cache.shards) if b["start"] < a["end"])
                 for j in range(len(ref_cache)):
                     if not any(s["start"] <= j < s["end"] for s in cache.shards):
                         missing += 1

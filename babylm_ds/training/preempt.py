@@ -154,8 +154,8 @@ def _watch_launchers(ancestors):
 
     def intact():
         with contextlib.suppress(psutil.Error):
-            return all(psutil.Process(child).ppid() == parent
-                       for child, parent in zip([os.getpid(), *pids], pids, strict=False))  # pids: one fewer
+            chain = itertools.pairwise([os.getpid(), *pids])  # (child, parent) up the launcher chain
+            return all(psutil.Process(child).ppid() == parent for child, parent in chain)
         return False
 
     if not intact():

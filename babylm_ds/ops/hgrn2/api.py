@@ -12,6 +12,7 @@ would cost a device sync per call. Set BABYLM_DS_DEBUG=1 to check GPU tensors to
 Inlined into exported models (models/remote_code.py): keeps the rules in models/export_rules.py.
 """
 import functools
+import itertools
 import logging
 import os
 
@@ -132,7 +133,7 @@ def _check_offsets(cu_seqlens, q):
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {q.device}")
     if cu_seqlens.device.type == "cpu" or _debug():
         offs = cu_seqlens.tolist()
-        if offs[0] != 0 or offs[-1] != q.shape[1] or any(a >= b for a, b in zip(offs, offs[1:], strict=False)):
+        if offs[0] != 0 or offs[-1] != q.shape[1] or any(a >= b for a, b in itertools.pairwise(offs)):
             raise ValueError(f"cu_seqlens must rise strictly from 0 to T = {q.shape[1]} "
                              f"(no empty sequences), got {offs}")
 
@@ -179,7 +180,7 @@ def _check(q, k, v, g, state, step, cu_seqlens=None):
 def _per_sequence(fn, q, k, v, g, scale, initial_state, output_final_state, offsets):
     """Packed sequences through a backend without varlen support: one call per sequence."""
     outs = []
-    for n, (s, e) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
+    for n, (s, e) in enumerate(itertools.pairwise(offsets)):
         h0 = None if initial_state is None else initial_state[n:n + 1]
         outs.append(fn(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, h0, output_final_state))
     o, ht = zip(*outs, strict=True)
